@@ -1,0 +1,47 @@
+"""The Ray actor: one model, one task source, one share of each meta-batch."""
+
+import numpy as np
+import ray
+import torch
+
+from meta_core.build import build_learner, build_source
+from meta_core.flat import Layout
+from meta_core.step import evaluate_tasks, share_gradient
+
+
+@ray.remote
+class MetaWorker:
+    """Computes summed meta-gradients for the task indices it is given.
+
+    ``splits`` arrives from the object store as read-only, zero-copy arrays
+    shared by every worker on a node; tasks only gather from them. A restarted
+    actor re-runs ``__init__`` with the same arguments, so it comes back able to
+    recompute any share.
+    """
+
+    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):
+        torch.set_num_threads(max(1, int(config["cluster"]["num_cpus"])))
+        use_gpu = config["cluster"]["num_gpus"] > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.algo = build_learner(config)
+        self.algo.model.to(self.device)
+        self.sources = {name: build_source(config, images) for name, images in splits.items()}
+        self.seed, self.layout = config["seed"], layout
+        vectorize = config["train"]["vectorize"]
+        self.vectorize = (config["model"]["name"] == "mlp" or use_gpu) if vectorize == "auto" else vectorize
+
+    def params(self, flat: np.ndarray) -> torch.Tensor:
+        return torch.tensor(flat, device=self.device)  # a copy: object-store arrays are read-only
+
+    def meta_gradient(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+        """Summed meta-gradient of this share as float32 (accumulated in float64), and summed metrics."""
+        total, sums = share_gradient(
+            self.algo, self.sources["train"], self.params(flat), self.layout, self.seed, step, indices, self.vectorize
+        )
+        return total.astype(np.float32), sums
+
+    def evaluate(self, flat: np.ndarray, stream: int, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
+        return evaluate_tasks(self.algo, self.sources["test"], self.params(flat), self.layout, self.seed, stream, indices, steps)
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()

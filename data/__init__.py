@@ -1,0 +1,1 @@
+"""Data sets: reading raw sources into arrays the task samplers draw from."""

@@ -1,0 +1,5 @@
+"""The maths of meta-learning: models, task distributions and algorithms.
+
+Pure PyTorch; this package imports neither Ray nor MLflow so that every piece
+can be tested, and reused, in a single process.
+"""

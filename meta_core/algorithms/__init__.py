@@ -1,0 +1,24 @@
+"""Algorithms by name; each is a different per-task meta-gradient, nothing more."""
+
+from meta_core.algorithms.anil import ANIL
+from meta_core.algorithms.base import Algorithm
+from meta_core.algorithms.maml import MAML
+from meta_core.algorithms.metasgd import MetaSGD
+from meta_core.algorithms.reptile import Reptile
+
+ALGORITHMS = {
+    "maml": lambda *a, **k: MAML(*a, **k),
+    "fomaml": lambda *a, **k: MAML(*a, first_order=True, **k),
+    "metasgd": MetaSGD,
+    "anil": ANIL,
+    "reptile": Reptile,
+}
+
+
+def build_algorithm(name: str, model, kind: str, **options) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm.name: expected one of {sorted(ALGORITHMS)}, got {name!r}")
+    return ALGORITHMS[name](model, kind, **options)
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "build_algorithm"]

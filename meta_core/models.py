@@ -1,0 +1,81 @@
+"""The MAML paper's networks, used as pure functions of a parameter dict.
+
+A module only describes the architecture; the weights travel separately as a
+``dict[str, Tensor]`` so that inner loops, ``torch.func`` transforms and the
+driver's flat parameter vector all speak the same language.
+"""
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+
+# The last layer of every model is called ``head``: ANIL adapts only that.
+HEAD = "head."
+
+
+class SinusoidMLP(nn.Module):
+    """1-40-40-1 ReLU regressor from the MAML paper's sinusoid experiment."""
+
+    def __init__(self, hidden: int = 40):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    # BatchNorm always normalises with the batch's own statistics, as in MAML:
+    # running statistics would leak information across tasks.
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.BatchNorm2d(cout, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Four 3x3 conv blocks and a linear head, for 28x28 single-channel images."""
+
+    def __init__(self, ways: int, width: int = 64, channels: int = 1, image_size: int = 28):
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_block(channels, width), conv_block(width, width), conv_block(width, width), conv_block(width, width)
+        )
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        self.head = nn.Linear(width * side * side, ways)
+
+    def forward(self, x):
+        if x.dim() == 3:  # (batch, H, W) -> (batch, 1, H, W)
+            x = x.unsqueeze(1)
+        return self.head(self.body(x).flatten(1))
+
+
+def build_model(name: str, ways: int = 1, width: int = 64, image_size: int = 28) -> nn.Module:
+    if name == "mlp":
+        return SinusoidMLP()
+    if name == "conv4":
+        return Conv4(ways=ways, width=width, image_size=image_size)
+    raise ValueError(f"model.name: expected 'mlp' or 'conv4', got {name!r}")
+
+
+def init_params(model: nn.Module, seed: int) -> Params:
+    """Fresh weights drawn from ``seed`` with PyTorch's default initialisers."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    torch.random.set_rng_state(gen_state)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` with ``params`` in place of its own weights."""
+    return functional_call(model, params, (x,))

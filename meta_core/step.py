@@ -1,0 +1,52 @@
+"""One worker's share of a meta-step, and of an evaluation, as plain functions.
+
+The Ray actor, the single-process path and the benchmarks all call these, so
+there is exactly one implementation of "sum the meta-gradients of these tasks".
+"""
+
+import numpy as np
+import torch
+from torch.func import vmap
+
+from meta_core.algorithms import Algorithm
+from meta_core.flat import Layout, flatten, unflatten
+from meta_core.tasks import TRAIN, stack, task_rng
+
+
+def draw(source, seed: int, stream: int, step: int, indices, device="cpu"):
+    return [source.sample(task_rng(seed, stream, step, int(i))).to(device) for i in indices]
+
+
+def share_gradient(
+    algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Sum over ``indices`` of each task's meta-gradient (float64), and summed metrics.
+
+    ``vectorize`` runs all tasks as one ``vmap``-ed call: a large win for small
+    models, where Python overhead per task dominates; the loop wins for conv
+    nets on CPU (see benchmarks/).
+    """
+    params = unflatten(flat_params, layout)
+    tasks = draw(source, seed, TRAIN, step, indices, flat_params.device)
+    if vectorize:
+        grads, metrics = vmap(algo.task_grad, in_dims=(None, 0))(params, stack(tasks))
+        total = flatten({k: g.sum(0, dtype=torch.float64) for k, g in grads.items()}, torch.float64)
+        sums = {k: float(v.double().sum()) for k, v in metrics.items()}
+    else:
+        total = torch.zeros(flat_params.numel(), dtype=torch.float64, device=flat_params.device)
+        sums: dict[str, float] = {}
+        for task in tasks:
+            grads, metrics = algo.task_grad(params, task)
+            total += flatten(grads, torch.float64)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+    return total.cpu().numpy(), sums
+
+
+def evaluate_tasks(
+    algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, stream: int, indices, steps: list[int]
+) -> dict[str, np.ndarray]:
+    """Per-task query metrics before and after each number of adaptation steps."""
+    params = unflatten(flat_params, layout)
+    rows = [algo.evaluate(params, task, steps) for task in draw(source, seed, stream, 0, indices, flat_params.device)]
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}

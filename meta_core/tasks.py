@@ -1,0 +1,83 @@
+"""Few-shot task distributions.
+
+Every task is drawn from its own generator keyed by ``(seed, stream, step,
+index)``, never from a global RNG: the same meta-step draws the same tasks
+however its meta-batch is split across workers, and a recomputed share or a
+resumed run sees exactly the tasks it saw before.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+TRAIN, EVAL = 0, 1  # streams: training tasks and held-out evaluation tasks never share keys
+
+
+def task_rng(seed: int, stream: int, step: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(stream, step, index)))
+
+
+class Task(NamedTuple):
+    """One episode; a NamedTuple so ``torch.func.vmap`` can batch a stack of them."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    def to(self, device) -> "Task":
+        return Task(*(t.to(device, non_blocking=True) for t in self))
+
+
+def stack(tasks: list[Task]) -> Task:
+    """Tasks of one shape as a single batched task (leading task dimension), for ``vmap``."""
+    return Task(*(torch.stack(parts) for parts in zip(*tasks)))
+
+
+class SinusoidTasks:
+    """y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (Finn et al. 2017)."""
+
+    kind = "regression"
+
+    def __init__(self, shots: int, queries: int):
+        self.shots, self.queries = shots, queries
+
+    def sample(self, rng: np.random.Generator) -> Task:
+        amplitude = rng.uniform(0.1, 5.0)
+        phase = rng.uniform(0.0, np.pi)
+        x = rng.uniform(-5.0, 5.0, size=(self.shots + self.queries, 1)).astype(np.float32)
+        y = (amplitude * np.sin(x - phase)).astype(np.float32)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        return Task(x[: self.shots], y[: self.shots], x[self.shots :], y[self.shots :])
+
+
+class ClassificationTasks:
+    """N-way K-shot episodes drawn from images shaped (classes, samples, H, W).
+
+    The image array may be a read-only view into shared memory: sampling only
+    gathers from it, so the copy made here is one task's worth of pixels.
+    """
+
+    kind = "classification"
+
+    def __init__(self, images: np.ndarray, ways: int, shots: int, queries: int):
+        classes, samples = images.shape[:2]
+        if ways > classes:
+            raise ValueError(f"task.ways: {ways} ways but the split has only {classes} classes")
+        if shots + queries > samples:
+            raise ValueError(f"task.shots + task.queries: {shots}+{queries} exceeds the {samples} samples per class")
+        self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
+
+    def sample(self, rng: np.random.Generator) -> Task:
+        classes = rng.choice(self.images.shape[0], size=self.ways, replace=False)
+        picks = np.stack([rng.choice(self.images.shape[1], size=self.shots + self.queries, replace=False) for _ in classes])
+        episode = torch.from_numpy(np.ascontiguousarray(self.images[classes[:, None], picks], dtype=np.float32))
+        labels = torch.arange(self.ways).unsqueeze(1)
+        support, query = episode[:, : self.shots], episode[:, self.shots :]
+        return Task(
+            support.flatten(0, 1),
+            labels.expand(-1, self.shots).flatten(),
+            query.flatten(0, 1),
+            labels.expand(-1, self.queries).flatten(),
+        )

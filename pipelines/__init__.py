@@ -1,0 +1,1 @@
+"""The pipeline: CLI, configs, stages and MLflow tracking."""

@@ -1,0 +1,37 @@
+"""Meta-test on held-out tasks: mean and 95% interval before and after adaptation."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cluster.driver import Driver
+from meta_core.tasks import EVAL
+
+
+def mean_ci95(values: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation 95% interval."""
+    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def evaluate(config: dict, driver: Driver, flat: torch.Tensor) -> tuple[dict[str, float], pd.DataFrame]:
+    """Metrics named for MLflow and a table with one row per number of adaptation steps."""
+    inner = config["algorithm"]["inner_steps"]
+    steps = sorted(set(config["eval"]["steps"]) | ({inner} if inner else set()))
+    per_task = driver.evaluate(flat.detach().numpy(), EVAL, config["eval"]["tasks"], steps)
+    rows = []
+    for n in [0, *steps]:
+        row = {"adapt_steps": n}
+        for metric in ("loss", "acc"):
+            if f"steps{n}_{metric}" in per_task:
+                row[metric], row[f"{metric}_ci95"] = mean_ci95(per_task[f"steps{n}_{metric}"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    metrics = {}
+    for name, n in (("pre_adapt", 0), ("post_adapt", inner)):
+        row = table[table.adapt_steps == n].iloc[0]
+        for col in row.index.drop("adapt_steps"):
+            metrics[f"eval_{name}_{col}"] = float(row[col])
+    for _, row in table.iterrows():
+        for col in row.index.drop("adapt_steps"):
+            metrics[f"eval_steps{int(row.adapt_steps)}_{col}"] = float(row[col])
+    return metrics, table
