@@ -1,0 +1,31 @@
+"""Test isolation: a private HOME (Ray's auth token, MLflow), no usage stats, one local Ray per session."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_home = tempfile.mkdtemp(prefix="meta-tests-home-")
+os.environ.update(HOME=_home, RAY_USAGE_STATS_ENABLED="0")  # a local ray.init() writes its token to $HOME/.ray
+for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(name, None)
+
+ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store; artifacts land under tmp_path too (the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -28,7 +28,7 @@ def train(config: dict, driver: Driver, flat: torch.Tensor, run_id: str, start_s
             step_s = time.perf_counter() - started
             metrics.update(step_s=step_s, tasks_per_s=train_cfg["meta_batch"] / step_s)
             buffer.add(metrics, step)
-            bar.set_postfix(loss=f"{metrics['meta_loss']:.4f}", tasks_per_s=f"{metrics['tasks_per_s']:.0f}")
+            bar.set_postfix(loss=f"{metrics['meta_loss']:.4f}", tasks_per_s=f"{metrics['tasks_per_s']:.0f}", refresh=False)
     finally:
         buffer.flush()
         bar.close()

@@ -1,0 +1,50 @@
+"""The run command end to end: distributed training, evaluation and what MLflow records."""
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import load
+from pipelines.pipeline import run
+
+FAST = ["train.steps=6", "train.meta_batch=6", "eval.tasks=12"]
+
+
+def trained_params(run_id: str) -> dict:
+    client = MlflowClient()
+    train_run = next(r for r in child_runs(run_id) if r.data.tags["stage"] == "train")
+    path = client.download_artifacts(train_run.info.run_id, "params.pt")
+    return torch.load(path, weights_only=True)
+
+
+def child_runs(run_id: str):
+    parent = mlflow.get_run(run_id)
+    return mlflow.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", output_format="list"
+    )
+
+
+def test_final_parameters_do_not_depend_on_the_number_of_workers(ray_local, tracking):
+    one = run(load("sinusoid", [*FAST, "cluster.workers=1"]), tracking)
+    three = run(load("sinusoid", [*FAST, "cluster.workers=3"]), tracking)
+    a, b = trained_params(one), trained_params(three)
+    init = run(load("sinusoid", [*FAST, "cluster.workers=1", "train.steps=1"]), tracking)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    assert any((a[k] - trained_params(init)[k]).abs().max() > 1e-4 for k in a)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "anil", "reptile"])
+def test_every_algorithm_runs_distributed_and_is_tracked(ray_local, tracking, algorithm):
+    run_id = run(load("sinusoid", [*FAST, f"algorithm.name={algorithm}"]), tracking)
+    parent = mlflow.get_run(run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["algorithm.name"] == algorithm
+    assert parent.data.tags["algorithm"] == algorithm
+    assert {"eval_pre_adapt_loss", "eval_post_adapt_loss", "eval_post_adapt_loss_ci95"} <= parent.data.metrics.keys()
+    stages = {r.data.tags["stage"]: r for r in child_runs(run_id)}
+    assert set(stages) == {"train", "evaluate"}
+    history = MlflowClient().get_metric_history(stages["train"].info.run_id, "meta_loss")
+    assert [m.step for m in history] == list(range(6))
+    assert {"tasks_per_s", "step_s", "pre_adapt_loss", "post_adapt_loss"} <= stages["train"].data.metrics.keys()
