@@ -1,18 +1,15 @@
 """The pipeline run: one MLflow parent run, one child run per stage."""
 
 import contextlib
-import tempfile
-from pathlib import Path
 
 import mlflow
-import ray
-import torch
 
 from cluster.driver import Driver, connect
 from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of, unflatten
 from meta_core.models import init_params
 from pipelines import tracking
+from pipelines.artifacts import log_trained
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.train import train
 
@@ -41,13 +38,6 @@ def stage_run(name: str, **kwargs):
     mlflow.end_run("FINISHED")
 
 
-def save_params(params: dict, name: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        torch.save({k: v.contiguous() for k, v in params.items()}, path)
-        mlflow.log_artifact(str(path))
-
-
 def run(config: dict, tracking_uri: str | None = None) -> str:
     """Train then evaluate; returns the pipeline's MLflow run id."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
@@ -64,7 +54,7 @@ def run(config: dict, tracking_uri: str | None = None) -> str:
             tracking.log_config(config)
             with stage_run("train", nested=True, tags={"stage": "train"}) as child:
                 train(config, driver, flat, child.info.run_id)
-                save_params(unflatten(flat.detach(), layout), "params.pt")
+                log_trained(config, unflatten(flat.detach(), layout))
             with stage_run("evaluate", nested=True, tags={"stage": "evaluate"}):
                 metrics, table = evaluate(config, driver, flat)
                 mlflow.log_metrics(metrics)
