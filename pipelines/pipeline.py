@@ -1,32 +1,112 @@
-"""The pipeline run: one MLflow parent run, one child run per stage."""
+"""The pipeline: prepare -> train -> evaluate -> register, one MLflow parent run, one child run per stage.
+
+Each stage declares the config sections it reads and the stages whose outputs
+it uses; its key is a digest of both. A stage whose key matches a finished run
+of that stage in the experiment is skipped and its recorded outputs reused. A
+pipeline that died (crash, Ctrl-C, SIGKILL) is picked up again by ``resume``,
+or by the same ``run`` command: the same parent run, the same stage runs, and
+training continues from its last checkpoint.
+"""
 
 import contextlib
+import json
+from dataclasses import dataclass
+from typing import Callable
 
 import mlflow
+import yaml
+from mlflow.entities import Run
 
 from cluster.driver import Driver, connect
 from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of, unflatten
 from meta_core.models import init_params
 from pipelines import tracking
-from pipelines.artifacts import log_trained
+from pipelines.artifacts import load_trained, log_trained
+from pipelines.config import ConfigError, digest
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.train import train
 
 
 def load_splits(config: dict) -> dict:
-    """Arrays the workers draw tasks from: nothing for sinusoids, train/test images otherwise."""
+    """Arrays the workers draw tasks from: nothing for sinusoids, the prepared train/test splits otherwise."""
     if config["data"]["name"] == "sinusoid":
         return {"train": None, "test": None}
-    from data.omniglot import load_splits as omniglot_splits
+    import data
 
-    return omniglot_splits(config["data"]["source"], config["seed"])
+    return data.load_splits(data.prepare(config))
+
+
+class Context:
+    """What stages share within one pipeline run: the config, upstream outputs, and one Ray driver."""
+
+    def __init__(self, config: dict):
+        self.config, self.outputs, self._driver = config, {}, None
+
+    def fresh_params(self):
+        algo = build_learner(self.config)
+        return algo.init(init_params(algo.model, self.config["seed"]))
+
+    def driver(self) -> Driver:
+        if self._driver is None:
+            connect(self.config["cluster"]["address"])
+            self._driver = Driver(self.config, load_splits(self.config), layout_of(self.fresh_params()))
+        return self._driver
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.shutdown()
+
+
+def prepare_stage(ctx: Context, run) -> dict:
+    if ctx.config["data"]["name"] == "sinusoid":
+        return {"dataset": None}
+    from pipelines.stages.prepare import prepare_stage as prepare
+
+    return prepare(ctx.config)
+
+
+def train_stage(ctx: Context, run) -> dict:
+    params = ctx.fresh_params()
+    layout, flat = layout_of(params), flatten(params).clone()
+    summary = train(ctx.config, ctx.driver(), flat, run.info.run_id, run.data.tags["stage_key"])
+    log_trained(ctx.config, unflatten(flat.detach(), layout))
+    return {"run_id": run.info.run_id, "summary": summary}
+
+
+def evaluate_stage(ctx: Context, run) -> dict:
+    _, _, params = load_trained(ctx.outputs["train"]["run_id"])
+    metrics, table = evaluate(ctx.config, ctx.driver(), flatten(params))
+    mlflow.log_table(table, "evaluation.json")
+    return {"run_id": run.info.run_id, "summary": metrics}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    reads: tuple[str, ...]  # config sections (or single keys) whose values define the stage's inputs
+    after: tuple[str, ...]  # stages whose outputs it uses
+    body: Callable[[Context, Run], dict]  # returns the stage's outputs (JSON); "summary" metrics go to the parent too
+
+
+STAGES = [
+    Stage("prepare", ("seed", "data"), (), prepare_stage),
+    Stage("train", ("seed", "task", "model", "algorithm", "train"), ("prepare",), train_stage),
+    Stage("evaluate", ("seed", "task", "eval"), ("prepare", "train"), evaluate_stage),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def stage_key(stage: Stage, config: dict, outputs: dict) -> str:
+    inputs = {k: config[k] for k in stage.reads}
+    inputs["upstream"] = {name: outputs[name] for name in stage.after}
+    return digest(inputs)
 
 
 @contextlib.contextmanager
-def stage_run(name: str, **kwargs):
+def stage_run(**kwargs):
     """An MLflow run that ends FINISHED, KILLED on Ctrl-C, or FAILED on any other error."""
-    run = mlflow.start_run(run_name=name, **kwargs)
+    run = mlflow.start_run(**kwargs)
     try:
         yield run
     except KeyboardInterrupt:
@@ -38,37 +118,82 @@ def stage_run(name: str, **kwargs):
     mlflow.end_run("FINISHED")
 
 
-def run(config: dict, tracking_uri: str | None = None) -> str:
-    """Train then evaluate; returns the pipeline's MLflow run id."""
+def search(experiment_id: str, **tags) -> list[Run]:
+    """Runs of the experiment carrying all ``tags``, newest first."""
+    where = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    return mlflow.search_runs([experiment_id], where, order_by=["attributes.start_time DESC"], output_format="list")
+
+
+def run_stage(stage: Stage, ctx: Context, parent: Run, force: bool) -> None:
+    """Reuse a finished run of this stage with the same key, reopen this pipeline's unfinished one, or start one."""
+    key = stage_key(stage, ctx.config, ctx.outputs)
+    experiment_id = parent.info.experiment_id
+    done = [] if force else [r for r in search(experiment_id, stage=stage.name, stage_key=key) if r.info.status == "FINISHED"]
+    if done:
+        ctx.outputs[stage.name] = json.loads(done[0].data.tags["stage_outputs"])
+        print(f"{stage.name}: unchanged, reusing run {done[0].info.run_id}")
+    else:
+        mine = search(experiment_id, stage=stage.name, stage_key=key, **{"mlflow.parentRunId": parent.info.run_id})
+        unfinished = [r for r in mine if r.info.status != "FINISHED"]
+        reopen = {"run_id": unfinished[0].info.run_id} if unfinished and not force else {"run_name": stage.name}
+        tags = {"stage": stage.name, "stage_key": key, "config_digest": digest(ctx.config), "code_version": tracking.code_version()}
+        with stage_run(nested=True, tags=tags, **reopen) as run:
+            outputs = stage.body(ctx, mlflow.get_run(run.info.run_id))
+            mlflow.log_metrics(outputs.get("summary", {}))
+            mlflow.set_tag("stage_outputs", json.dumps(outputs))
+        ctx.outputs[stage.name] = outputs
+    mlflow.set_tag(f"{stage.name}_run_id", ctx.outputs[stage.name].get("run_id") or "")
+    mlflow.log_metrics(ctx.outputs[stage.name].get("summary", {}))
+
+
+def find_pipeline(experiment_id: str, config: dict) -> Run | None:
+    runs = search(experiment_id, stage="pipeline", config_digest=digest(config))
+    return runs[0] if runs else None
+
+
+def run(config: dict, tracking_uri: str | None = None, force: tuple[str, ...] = (), resume_id: str | None = None) -> str:
+    """Run (or continue) the pipeline for ``config``; returns its MLflow parent run id."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
     experiment = mlflow.set_experiment(config["experiment"])
-    splits = load_splits(config)
-    algo = build_learner(config)
-    params = algo.init(init_params(algo.model, config["seed"]))
-    layout = layout_of(params)
-    flat = flatten(params).clone()
-    connect(config["cluster"]["address"])
-    driver = Driver(config, splits, layout)
+    previous = mlflow.get_run(resume_id) if resume_id else find_pipeline(experiment.experiment_id, config)
+    if previous is not None and previous.info.status == "FINISHED" and not force:
+        print(f"pipeline run {previous.info.run_id} already finished with this config (use --force STAGE to redo one)")
+        return previous.info.run_id
+    if previous is not None and previous.info.status != "FINISHED":
+        print(f"continuing pipeline run {previous.info.run_id}")
+        start = {"run_id": previous.info.run_id}
+    else:
+        start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline"}}
+    ctx = Context(config)
     try:
-        with stage_run(tracking.run_name(config), tags=tracking.tags(config)) as parent:
-            tracking.log_config(config)
-            with stage_run("train", nested=True, tags={"stage": "train"}) as child:
-                train(config, driver, flat, child.info.run_id)
-                log_trained(config, unflatten(flat.detach(), layout))
-            with stage_run("evaluate", nested=True, tags={"stage": "evaluate"}):
-                metrics, table = evaluate(config, driver, flat)
-                mlflow.log_metrics(metrics)
-                mlflow.log_table(table, "evaluation.json")
-            mlflow.log_metrics(metrics)
+        with stage_run(**start) as parent:
+            if "run_id" not in start:
+                tracking.log_config(config)
+            for stage in STAGES:
+                run_stage(stage, ctx, parent, stage.name in force)
     finally:
-        driver.shutdown()
-    print(summary(metrics))
+        ctx.close()
+    summary = ctx.outputs["evaluate"]["summary"]
+    print(report(summary))
     print(f"MLflow UI: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()} --host 127.0.0.1 --port 5000")
     print(f"  then open http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs")
     return parent.info.run_id
 
 
-def summary(metrics: dict[str, float]) -> str:
+def resume(run_id: str, tracking_uri: str | None = None) -> str:
+    """Continue the pipeline run ``run_id`` with the config it was started with."""
+    mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
+    try:
+        run_ = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"resume {run_id}: no such run in {mlflow.get_tracking_uri()}") from None
+    if run_.data.tags.get("stage") != "pipeline":
+        raise ConfigError(f"resume {run_id}: not a pipeline run (it is a '{run_.data.tags.get('stage')}' stage run)")
+    config = yaml.safe_load(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")).read())
+    return run(config, tracking_uri, resume_id=run_id)
+
+
+def report(metrics: dict[str, float]) -> str:
     lines = ["evaluation (mean +- 95% interval):"]
     for name in ("pre_adapt", "post_adapt"):
         for metric in ("loss", "acc"):

@@ -30,13 +30,16 @@ def code_version() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def task_name(config: dict) -> str:
+    """``omniglot-5w1s``, or ``sinusoid-10shot`` for regression: what every algorithm on this task shares."""
+    data, task = config["data"]["name"], config["task"]
+    shape = f"{task['shots']}shot" if data == "sinusoid" else f"{task['ways']}w{task['shots']}s"
+    return f"{data}-{shape}"
+
+
 def run_name(config: dict) -> str:
     """``maml-omniglot-5w1s``, or ``maml-sinusoid-10shot`` for regression."""
-    if config["run_name"]:
-        return config["run_name"]
-    algo, data, task = config["algorithm"]["name"], config["data"]["name"], config["task"]
-    shape = f"{task['shots']}shot" if data == "sinusoid" else f"{task['ways']}w{task['shots']}s"
-    return f"{algo}-{data}-{shape}"
+    return config["run_name"] or f"{config['algorithm']['name']}-{task_name(config)}"
 
 
 def tags(config: dict) -> dict[str, str]:
@@ -60,17 +63,15 @@ def log_config(config: dict) -> None:
 
 
 class MetricBuffer:
-    """Collects per-step metrics and writes them in batches: one database write per ``every`` steps."""
+    """Collects per-step metrics and writes them in one batch per ``flush`` (at each checkpoint)."""
 
-    def __init__(self, run_id: str, every: int = 50):
-        self.client, self.run_id, self.every = MlflowClient(), run_id, every
+    def __init__(self, run_id: str):
+        self.client, self.run_id = MlflowClient(), run_id
         self.rows: list[Metric] = []
 
     def add(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.rows += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        if step % self.every == 0:
-            self.flush()
 
     def flush(self) -> None:
         for start in range(0, len(self.rows), 1000):  # MLflow's per-batch limit

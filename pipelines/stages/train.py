@@ -1,4 +1,4 @@
-"""Distributed meta-training: the outer loop over meta-steps."""
+"""Distributed meta-training: the outer loop, checkpointed so a killed run resumes exactly."""
 
 import time
 
@@ -8,28 +8,51 @@ from tqdm import tqdm
 
 from cluster.driver import Driver
 from meta_core.outer import make_optimizer
+from pipelines import checkpoint
 from pipelines.tracking import MetricBuffer
 
 
-def train(config: dict, driver: Driver, flat: torch.Tensor, run_id: str, start_step: int = 0, optimizer_state=None):
-    """Run meta-steps ``start_step..train.steps-1``, updating ``flat`` in place; returns the optimizer."""
-    train_cfg = config["train"]
-    optimizer = make_optimizer(train_cfg["optimizer"], flat, train_cfg["outer_lr"])
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+def train(config: dict, driver: Driver, flat: torch.Tensor, run_id: str, key: str) -> dict[str, float]:
+    """Meta-train ``flat`` in place up to ``train.steps``, from the run's last checkpoint if there is one.
+
+    Per-step metrics are written to MLflow together with each checkpoint, so
+    after a crash the metric history and the checkpoint end at the same step
+    and a resumed run logs every step exactly once. Returns summary metrics.
+    """
+    cfg = config["train"]
+    optimizer = make_optimizer(cfg["optimizer"], flat, cfg["outer_lr"])
+    path = checkpoint.path_for(config, run_id)
+    state = checkpoint.load(path, key)
+    done = 0
+    if state is not None:
+        with torch.no_grad():
+            flat.copy_(state["flat"])
+        optimizer.load_state_dict(state["optimizer"])
+        done = state["step"]
     buffer = MetricBuffer(run_id)
-    bar = tqdm(range(start_step, train_cfg["steps"]), initial=start_step, total=train_cfg["steps"], desc="train", unit="step", mininterval=1.0)
+    rates = []
+
+    def save() -> None:
+        checkpoint.save(path, flat, optimizer, done, key)
+        buffer.flush()
+
+    bar = tqdm(total=cfg["steps"], initial=done, desc="train", unit="step", mininterval=1.0)
     try:
-        for step in bar:
+        for step in range(done, cfg["steps"]):
             started = time.perf_counter()
             grad, metrics = driver.gradient(flat.detach().numpy(), step)
             flat.grad = torch.from_numpy(grad.astype(np.float32))
             optimizer.step()
+            done = step + 1
             step_s = time.perf_counter() - started
-            metrics.update(step_s=step_s, tasks_per_s=train_cfg["meta_batch"] / step_s)
+            metrics.update(step_s=step_s, tasks_per_s=cfg["meta_batch"] / step_s)
+            rates.append(metrics["tasks_per_s"])
             buffer.add(metrics, step)
+            bar.update()
             bar.set_postfix(loss=f"{metrics['meta_loss']:.4f}", tasks_per_s=f"{metrics['tasks_per_s']:.0f}", refresh=False)
-    finally:
-        buffer.flush()
+            if done % cfg["checkpoint_every"] == 0:
+                save()
+    finally:  # also on Ctrl-C: keep what was done
+        save()
         bar.close()
-    return optimizer
+    return {"train_tasks_per_s": float(np.median(rates))} if rates else {}

@@ -1,0 +1,110 @@
+"""Durable runs: a driver killed with SIGKILL is resumed to exactly the parameters of an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import load
+from pipelines.pipeline import run
+from tests.conftest import ROOT
+from tests.test_pipeline import child_runs, trained_params
+
+CONFIG = ["train.steps=400", "train.meta_batch=4", "train.checkpoint_every=10", "eval.tasks=8", "experiment=resume"]
+
+
+def cli(*args, cwd, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines", *args], cwd=cwd, env=env, **kwargs)
+
+
+def checkpoint_step(folder) -> int:
+    files = list(folder.glob("*.pt")) if folder.exists() else []
+    return torch.load(files[0], weights_only=True)["step"] if files else 0
+
+
+def pipeline_runs():
+    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pipeline'", output_format="list")
+
+
+def start_killable_run(workdir, steps_before_signal: int):
+    """A CLI run in ``workdir`` stopped (not yet signalled) once it has checkpointed ``steps_before_signal`` steps."""
+    workdir.mkdir()
+    args = ["run", "sinusoid", *[a for c in CONFIG for a in ("--set", c)]]
+    driver = cli(*args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while checkpoint_step(workdir / "checkpoints") < steps_before_signal and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert driver.poll() is None, "the run ended before it could be signalled"
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    return driver
+
+
+@pytest.mark.slow
+def test_sigkilled_driver_resumes_to_the_uninterrupted_parameters(ray_local, tracking, tmp_path):
+    reference = trained_params(run(load("sinusoid", [*CONFIG, "experiment=reference"]), tracking))
+
+    workdir = tmp_path / "killed"
+    driver = start_killable_run(workdir, 100)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert 100 <= checkpoint_step(workdir / "checkpoints") < 400
+
+    [parent] = pipeline_runs()
+    assert parent.info.status == "RUNNING"  # what a SIGKILL leaves behind
+    resumed = cli("resume", parent.info.run_id, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, out[-2000:]
+
+    parent = mlflow.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert len(pipeline_runs()) == 1
+    stages = [r.data.tags["stage"] for r in child_runs(parent.info.run_id)]
+    assert sorted(stages) == ["evaluate", "prepare", "train"]  # the same stage runs, continued: no duplicates
+    result = trained_params(parent.info.run_id)
+    for k in reference:
+        torch.testing.assert_close(result[k], reference[k], rtol=0, atol=1e-6)
+    train_run = parent.data.tags["train_run_id"]
+    steps = [m.step for m in MlflowClient().get_metric_history(train_run, "meta_loss")]
+    assert sorted(steps) == list(range(400))  # every step logged exactly once across the kill
+
+
+def test_rerun_with_unchanged_config_does_nothing_and_changed_eval_reuses_prepare_and_train(ray_local, tracking, capsys):
+    fast = ["train.steps=3", "train.meta_batch=4", "eval.tasks=4"]
+    first = run(load("sinusoid", fast), tracking)
+    assert run(load("sinusoid", fast), tracking) == first
+    assert "already finished" in capsys.readouterr().out
+
+    second = run(load("sinusoid", [*fast, "eval.tasks=6"]), tracking)
+    assert second != first
+    out = capsys.readouterr().out
+    assert "prepare: unchanged" in out and "train: unchanged" in out
+    assert [r.data.tags["stage"] for r in child_runs(second)] == ["evaluate"]
+    a, b = mlflow.get_run(first), mlflow.get_run(second)
+    assert a.data.tags["train_run_id"] == b.data.tags["train_run_id"]
+    assert a.data.metrics["eval_post_adapt_loss"] != b.data.metrics["eval_post_adapt_loss"]  # evaluated again, on 6 tasks
+
+    forced = run(load("sinusoid", [*fast, "eval.tasks=6"]), tracking, force=("train",))
+    assert sorted(r.data.tags["stage"] for r in child_runs(forced)) == ["evaluate", "train"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_marks_runs_killed_and_exits_nonzero(tmp_path):
+    driver = start_killable_run(tmp_path / "interrupted", 30)
+    driver.send_signal(signal.SIGINT)
+    out = driver.communicate(timeout=60)[0].decode()
+    assert driver.returncode == 130, out[-2000:]
+    assert "interrupted" in out.splitlines()[-1]
+    [parent] = pipeline_runs()
+    assert parent.info.status == "KILLED"
+    [train_run] = [r for r in child_runs(parent.info.run_id) if r.data.tags["stage"] == "train"]
+    assert train_run.info.status == "KILLED"
+    step = checkpoint_step(tmp_path / "interrupted" / "checkpoints")
+    logged = [m.step for m in MlflowClient().get_metric_history(train_run.info.run_id, "meta_loss")]
+    assert step >= 30 and sorted(logged) == list(range(step))  # the checkpoint and the metrics end together
