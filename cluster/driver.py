@@ -15,18 +15,25 @@ from ray.exceptions import RayError, RayTaskError
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout
 
-MAX_ATTEMPTS = 5  # per share, before the step is given up
+MAX_ATTEMPTS = 5  # share timeouts a call may take before the step is given up
+STARTUP_S = 600  # for every worker to be placed and built (an autoscaler may be adding nodes)
+RETRY_S = 1.0  # how often a failed call is tried again while no worker is healthy
 
 
 def connect(address: str | None) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``); with neither, start a local Ray on loopback with token auth on."""
+    """Join ``address`` (or ``RAY_ADDRESS``), or start a local Ray.
+
+    A local Ray gets no dashboard and no client server, so it opens no HTTP or
+    client port, and keeps token auth on (Ray's default for a local start;
+    nothing here turns it off).
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    else:  # "local": a fresh Ray of our own, even if a `ray start` cluster runs on this machine
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
 def split(n: int, parts: int) -> list[list[int]]:
@@ -42,8 +49,24 @@ class Driver:
         self.meta_batch = config["train"]["meta_batch"]
         self.timeout = cluster["share_timeout_s"]
         self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for restarts
-        options = dict(num_cpus=cluster["num_cpus"], num_gpus=cluster["num_gpus"], max_restarts=-1, max_task_retries=0)
+        options = dict(
+            num_cpus=cluster["num_cpus"],
+            num_gpus=cluster["num_gpus"],
+            resources=cluster["resources"],
+            scheduling_strategy="SPREAD",  # over as many nodes as have room: losing one node loses few workers
+            max_restarts=-1,
+            max_task_retries=0,  # the driver re-dispatches lost shares itself, to whichever worker is free
+        )
         self.workers = [worker_cls.options(**options).remote(config, self.splits_ref, layout) for _ in range(cluster["workers"])]
+        self.probes: dict[ray.ObjectRef, int] = {}  # a ping to each worker that failed or stalled
+        started, _ = ray.wait([w.node.remote() for w in self.workers], num_returns=len(self.workers), timeout=STARTUP_S)
+        if len(started) < len(self.workers):  # share timeouts start counting only once every worker is up
+            self.shutdown()
+            raise RuntimeError(
+                f"only {len(started)} of cluster.workers={len(self.workers)} workers started within {STARTUP_S}s: "
+                f"the cluster lacks num_cpus={cluster['num_cpus']}, num_gpus={cluster['num_gpus']}, "
+                f"resources={cluster['resources']} per worker"
+            )
 
     def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
         """Mean meta-gradient (float64) over the meta-batch of ``step``, and mean metrics."""
@@ -68,41 +91,75 @@ class Driver:
     def run(self, method: str, calls: list[tuple]) -> list:
         """Run each call on some worker and return results in call order.
 
-        A call whose worker died is sent to the next worker; one still running
-        after ``share_timeout_s`` is sent to another worker too, and the first
-        result back wins.
+        A call whose worker died is sent to another worker (or, with none
+        healthy, retried every RETRY_S until its worker is back); one still
+        running after ``share_timeout_s`` is sent to another worker too, and
+        the first result back wins. A call is given up after MAX_ATTEMPTS
+        times ``share_timeout_s`` without a result.
         """
         results, done = [None] * len(calls), [False] * len(calls)
-        pending: dict[ray.ObjectRef, int] = {}
-        started, attempts = {}, [0] * len(calls)
+        pending: dict[ray.ObjectRef, tuple[int, int]] = {}  # ref -> (call, worker)
+        first, started, tried = [0.0] * len(calls), [0.0] * len(calls), [[] for _ in calls]
+        failed: dict[int, float] = {}  # call -> when its latest attempt failed
 
-        def submit(i: int) -> None:
-            worker = self.workers[(i + attempts[i]) % len(self.workers)]
-            pending[getattr(worker, method).remote(*calls[i])] = i
-            started[i], attempts[i] = time.monotonic(), attempts[i] + 1
+        def dispatch(i: int) -> None:
+            healthy, load = self.healthy(), [0] * len(self.workers)
+            for _, w in pending.values():
+                load[w] += 1
+            w = min(range(len(self.workers)), key=lambda w: (w not in healthy, w in tried[i], load[w], (w - i) % len(self.workers)))
+            pending[getattr(self.workers[w], method).remote(*calls[i])] = (i, w)
+            started[i], first[i] = time.monotonic(), first[i] or time.monotonic()
+            tried[i].append(w)
+            failed.pop(i, None)
 
         for i in range(len(calls)):
-            submit(i)
-        while not all(done):
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                i = pending.pop(ref)
-                if done[i]:
-                    continue
-                try:
-                    results[i], done[i] = ray.get(ref), True
-                except RayTaskError:
-                    raise  # a bug in the computation, not a lost worker: retrying would fail the same way
-                except RayError:
-                    if attempts[i] >= MAX_ATTEMPTS:
-                        raise
-                    submit(i)
-            now = time.monotonic()
-            for i in {i for i in pending.values() if not done[i] and now - started[i] > self.timeout}:
-                if attempts[i] >= MAX_ATTEMPTS:
-                    raise TimeoutError(f"{method}: share {i} not back after {attempts[i]} attempts of {self.timeout}s")
-                submit(i)
+            dispatch(i)
+        try:
+            while not all(done):
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=RETRY_S) if pending else (time.sleep(RETRY_S) or [], [])
+                for ref in ready:
+                    i, w = pending.pop(ref)
+                    if done[i]:
+                        continue
+                    try:
+                        results[i], done[i] = ray.get(ref), True
+                    except RayTaskError:
+                        raise  # a bug in the computation, not a lost worker: retrying would fail the same way
+                    except RayError:
+                        self.suspect(w)
+                        failed[i] = time.monotonic()
+                now, healthy = time.monotonic(), self.healthy()
+                for i in range(len(calls)):
+                    if not done[i] and now - first[i] > MAX_ATTEMPTS * self.timeout:
+                        raise TimeoutError(f"{method}: call {i} has no result after {MAX_ATTEMPTS} x share_timeout_s ({self.timeout}s)")
+                for i, at in list(failed.items()):
+                    if not done[i] and (healthy or now - at > RETRY_S):
+                        dispatch(i)
+                for i, w in list(pending.values()):
+                    if not done[i] and i not in failed and now - started[i] > self.timeout:
+                        self.suspect(w)
+                        dispatch(i)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)  # duplicates still queued on a straggler: drop them rather than compute them
         return results
+
+    def suspect(self, w: int) -> None:
+        """Send worker ``w`` a ping; it counts as healthy again once it answers (restarted, or done with its backlog)."""
+        if w not in self.probes.values():
+            self.probes[self.workers[w].node.remote()] = w
+
+    def healthy(self) -> set[int]:
+        """Workers with no unanswered ping."""
+        if self.probes:
+            answered, _ = ray.wait(list(self.probes), num_returns=len(self.probes), timeout=0)
+            for ref in answered:
+                w = self.probes.pop(ref)
+                try:
+                    ray.get(ref)
+                except RayError:
+                    self.suspect(w)  # died again before answering: ask the next incarnation
+        return set(range(len(self.workers))) - set(self.probes.values())
 
     def shutdown(self) -> None:
         for worker in self.workers:

@@ -1,44 +1,75 @@
-"""Omniglot straight from its official zips: one (classes, 20, 28, 28) array and each class's alphabet."""
+"""Omniglot-layout images (``<alphabet>/<character>/<drawing>.png``) from official zips or folders."""
 
 import io
 import zipfile
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
-SIZE = 28
+from data.sources import DataError
+
+# (alphabet, character) -> that character's drawings, each an (H, W) float32 array.
+Classes = dict[tuple[str, str], list[np.ndarray]]
 
 
-def to_array(png: bytes) -> np.ndarray:
-    """A 105x105 black-on-white drawing as a 28x28 float image with strokes at 1.0 (antialiased)."""
-    image = Image.open(io.BytesIO(png)).convert("L").resize((SIZE, SIZE), Image.Resampling.LANCZOS)
-    return 1.0 - np.asarray(image, dtype=np.float32) / 255.0
+def decode(raw: bytes, size: int, where: str, invert: bool) -> np.ndarray:
+    """Encoded image bytes as a ``size`` x ``size`` grayscale float image in [0, 1], resized once, antialiased.
+
+    ``invert`` turns black-on-white drawings into strokes at 1.0 on a 0.0 background.
+    """
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            image = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+    except Exception as e:  # PIL raises many types for corrupt or non-image bytes
+        raise DataError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return 1.0 - pixels if invert else pixels
 
 
-def read_zips(paths: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Characters from every zip, each kept once where zips overlap (the small sets share Greek and Latin)."""
-    drawings: dict[tuple[str, str], dict[str, bytes]] = {}
-    for path in paths:
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                parts = name.split("/")
-                if name.endswith(".png") and len(parts) >= 4:
-                    alphabet, character, file = parts[-3:]
-                    drawings.setdefault((alphabet, character), {})[file] = archive.read(name)
-    keys = sorted(drawings)
-    images = np.stack([np.stack([to_array(drawings[k][f]) for f in sorted(drawings[k])]) for k in keys])
-    return images, [alphabet for alphabet, _ in keys]
+def zip_entries(path: Path, archive: zipfile.ZipFile) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:
+    """Each entry's path and reader (``None`` for a folder), refusing entries that would land outside the archive's folder."""
+    for info in archive.infolist():
+        name = PurePosixPath(info.filename.replace("\\", "/"))
+        if name.is_absolute() or ".." in name.parts or ":" in name.parts[0]:
+            raise DataError(f"{path}: entry {info.filename!r} would land outside the target folder")
+        yield name, None if info.is_dir() else (lambda info=info: archive.read(info))
 
 
-def load_splits(source: str | list[str], seed: int, test_alphabets: int = 2) -> dict[str, np.ndarray]:
-    """Train and test splits with whole alphabets held out for test, chosen from ``seed``."""
-    sources = [source] if isinstance(source, str) else source
-    paths = []
-    for s in map(Path, sources):
-        paths += sorted(s.glob("*.zip")) if s.is_dir() else [s]
-    images, alphabets = read_zips(paths)
-    names = sorted(set(alphabets))
-    held_out = set(np.random.default_rng(seed).choice(names, size=test_alphabets, replace=False))
-    test = np.array([a in held_out for a in alphabets])
-    return {"train": images[~test], "test": images[test]}
+def folder_entries(path: Path) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:
+    for item in sorted(path.rglob("*")):
+        yield PurePosixPath(item.relative_to(path).as_posix()), None if item.is_dir() else item.read_bytes
+
+
+def read(path: Path, size: int) -> Classes:
+    """Every character under ``path`` (a zip or a folder); every file must be a readable image."""
+    if path.is_dir():
+        return collect(path, folder_entries(path), size)
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: expected an Omniglot zip or a folder of <alphabet>/<character>/*.png")
+    with zipfile.ZipFile(path) as archive:
+        return collect(path, zip_entries(path, archive), size)
+
+
+def collect(path: Path, entries, size: int) -> Classes:
+    files, folders = {}, set()
+    for name, reader in entries:
+        if reader is None:
+            folders.add(name)
+        else:
+            files[name] = reader
+    if not files:
+        raise DataError(f"{path}: no images found (expected <alphabet>/<character>/*.png)")
+    depths = {len(name.parts) for name in files}
+    if len(depths) > 1 or depths.pop() < 3:
+        raise DataError(f"{path}: images must all sit at <alphabet>/<character>/<image>, found {sorted(files)[0]}")
+    classes: Classes = {}
+    for name, reader in sorted(files.items()):
+        key = (name.parts[-3], name.parts[-2])
+        classes.setdefault(key, []).append(decode(reader(), size, f"{path}/{name}", invert=True))
+    depth = len(next(iter(files)).parts) - 1
+    for folder in folders:
+        if len(folder.parts) == depth and (folder.parts[-2], folder.parts[-1]) not in classes:
+            raise DataError(f"{path}/{folder}: empty class (no images)")
+    return classes

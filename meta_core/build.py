@@ -2,22 +2,32 @@
 
 import numpy as np
 
-from meta_core.algorithms import Algorithm, build_algorithm
+from meta_core.algorithms import OPTIONS, Algorithm, build_algorithm
 from meta_core.models import build_model
+from meta_core.rl import PointGoals
 from meta_core.tasks import ClassificationTasks, SinusoidTasks
+
+KIND = {"sinusoid": "regression", "pointnav": "rl"}  # every other data set is classification
 
 
 def build_learner(config: dict) -> Algorithm:
     task, model_cfg, algo = config["task"], config["model"], config["algorithm"]
-    image_task = config["data"]["name"] != "sinusoid"
-    model = build_model(model_cfg["name"], ways=task["ways"], width=model_cfg["width"])
-    kind = "classification" if image_task else "regression"
-    return build_algorithm(algo["name"], model, kind, inner_steps=algo["inner_steps"], inner_lr=algo["inner_lr"])
+    kind = KIND.get(config["data"]["name"], "classification")
+    ways = task["ways"] if kind == "classification" else 1
+    in_features = len(config["data"]["features"] or [None])  # a feature table's columns; one input for sinusoids
+    model = build_model(
+        model_cfg["name"], ways=ways, width=model_cfg["width"], image_size=config["data"]["image_size"], in_features=in_features
+    )
+    options = {k: algo[k] for k in OPTIONS.get(algo["name"], ())}
+    return build_algorithm(algo["name"], model, kind, inner_steps=algo["inner_steps"], inner_lr=algo["inner_lr"], **options)
 
 
 def build_source(config: dict, images: np.ndarray | None = None):
-    """Tasks for one split: sinusoids need no data, image tasks draw from ``images``."""
+    """Tasks for one split: sinusoids and point-navigation goals need no data, image tasks draw from ``images``."""
     task = config["task"]
     if config["data"]["name"] == "sinusoid":
         return SinusoidTasks(task["shots"], task["queries"])
+    if config["data"]["name"] == "pointnav":  # noise for the most adaptation steps training or evaluation takes
+        rounds = max(config["algorithm"]["inner_steps"], *config["eval"]["steps"]) + 1
+        return PointGoals(task["shots"], task["horizon"], rounds)
     return ClassificationTasks(images, task["ways"], task["shots"], task["queries"])

@@ -15,13 +15,14 @@ Params = dict[str, torch.Tensor]
 HEAD = "head."
 
 
-class SinusoidMLP(nn.Module):
-    """1-40-40-1 ReLU regressor from the MAML paper's sinusoid experiment."""
+class MLP(nn.Module):
+    """Two-hidden-layer ReLU net; the default 1-40-40-1 is the MAML paper's sinusoid regressor,
+    ``MLP(features, ways)`` classifies rows of a user's feature table."""
 
-    def __init__(self, hidden: int = 40):
+    def __init__(self, in_features: int = 1, out_features: int = 1, hidden: int = 40):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, 1)
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, out_features)
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -57,12 +58,28 @@ class Conv4(nn.Module):
         return self.head(self.body(x).flatten(1))
 
 
-def build_model(name: str, ways: int = 1, width: int = 64, image_size: int = 28) -> nn.Module:
+class GaussianPolicy(nn.Module):
+    """The MAML paper's point-navigation policy: a ReLU MLP for the action mean, and
+    ``log_std``, one learned state-independent log standard deviation per action dimension."""
+
+    def __init__(self, hidden: int = 100, observation: int = 2, action: int = 2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(observation, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, action)
+        self.log_std = nn.Parameter(torch.zeros(action))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def build_model(name: str, ways: int = 1, width: int = 64, image_size: int = 28, in_features: int = 1) -> nn.Module:
     if name == "mlp":
-        return SinusoidMLP()
+        return MLP(in_features, ways)
     if name == "conv4":
         return Conv4(ways=ways, width=width, image_size=image_size)
-    raise ValueError(f"model.name: expected 'mlp' or 'conv4', got {name!r}")
+    if name == "policy":
+        return GaussianPolicy(hidden=width)
+    raise ValueError(f"model.name: expected 'mlp', 'conv4' or 'policy', got {name!r}")
 
 
 def init_params(model: nn.Module, seed: int) -> Params:

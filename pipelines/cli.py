@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from data import DataError
 from pipelines.config import ConfigError, load
 
 
@@ -49,6 +50,12 @@ def cmd_episodes(args) -> None:
     print(report(score_episodes(args.model_uri, args.folder, args.tracking_uri)))
 
 
+def cmd_submit(args) -> None:
+    from cluster.submit import submit
+
+    raise SystemExit(submit(args.config, args.overrides, args.address, args.tracking_uri))
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default="sinusoid", help="a config name from pipelines/configs/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key")
@@ -73,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
     episodes.add_argument("folder", help="a folder of runNN/training, runNN/test and runNN/class_labels.txt")
     episodes.set_defaults(handler=cmd_episodes)
 
+    submit = sub.add_parser("submit", help="run the pipeline as a job on a Ray cluster; streams its logs, exits with its status")
+    add_config_args(submit)
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (through a tunnel)")
+    submit.set_defaults(handler=cmd_submit)
+
     resume = sub.add_parser("resume", help="continue a pipeline run from its last checkpoint")
     resume.add_argument("run_id", help="the pipeline's MLflow run id")
     resume.set_defaults(handler=cmd_resume)
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     try:
         args.handler(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

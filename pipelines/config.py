@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -14,19 +15,26 @@ class ConfigError(ValueError):
 
 
 CHOICES = {
-    "data.name": ["sinusoid", "omniglot"],
-    "model.name": ["mlp", "conv4"],
-    "algorithm.name": ["maml", "fomaml", "metasgd", "anil", "reptile"],
+    "data.name": ["sinusoid", "omniglot", "table", "pointnav"],
+    "data.split": ["group", "class"],
+    "data.rotations": [True, False],
+    "model.name": ["mlp", "conv4", "policy"],
+    "algorithm.name": ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml", "protonet", "matchingnet", "mann", "maml_rl"],
     "train.optimizer": ["adam", "sgd"],
     "train.vectorize": ["auto", True, False],
+    "register.greater_is_better": [True, False],
 }
-POSITIVE_INT = {"task.ways", "task.shots", "task.queries", "model.width", "train.steps", "train.meta_batch", "eval.tasks", "cluster.workers"}
+POSITIVE_INT = {"task.ways", "task.shots", "task.queries", "model.width", "train.steps", "train.meta_batch", "eval.tasks", "cluster.workers", "train.checkpoint_every", "data.image_size", "task.horizon", "algorithm.cg_steps", "algorithm.controller_size", "algorithm.memory_slots", "algorithm.memory_width"}
 NON_NEGATIVE_INT = {"seed", "algorithm.inner_steps"}
-POSITIVE_NUMBER = {"algorithm.inner_lr", "train.outer_lr", "cluster.num_cpus", "cluster.share_timeout_s"}
+POSITIVE_NUMBER = {"algorithm.lam", "algorithm.inner_lr", "train.outer_lr", "cluster.num_cpus", "cluster.share_timeout_s"}
 NON_NEGATIVE_NUMBER = {"cluster.num_gpus"}
-OPTIONAL_STR = {"run_name", "cluster.address", "experiment"}
-# Which model each data set needs.
-MODEL_FOR_DATA = {"sinusoid": "mlp", "omniglot": "conv4"}
+OPTIONAL_STR = {"run_name", "cluster.address", "register.model_name"}
+REQUIRED_STR = {"experiment", "train.checkpoint_dir"}
+FREE_FORM = {"cluster.resources"}  # sections whose keys the user names
+# Which model each data set needs (a table of numeric features needs "mlp").
+MODEL_FOR_DATA = {"sinusoid": "mlp", "omniglot": "conv4", "table": "conv4", "pointnav": "policy"}
+GENERATED = {"sinusoid", "pointnav"}  # data sets drawn from a formula: nothing to read or prepare
+CLASSIFIERS = {"protonet", "matchingnet", "mann"}  # algorithms that only make sense for classification
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -61,7 +69,7 @@ def resolve_path(name: str | None) -> Path | None:
     if name is None:
         return None
     path = Path(name)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
         return path
     return CONFIG_DIR / f"{name}.yaml"
 
@@ -75,7 +83,7 @@ def merge(base: dict, override: dict, prefix: str = "") -> dict:
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}': expected a section of keys, got {value!r}")
-            out[key] = merge(base[key], value, f"{dotted}.")
+            out[key] = {**base[key], **value} if dotted in FREE_FORM else merge(base[key], value, f"{dotted}.")
         elif isinstance(value, dict):
             raise ConfigError(f"config key '{dotted}': expected a value, got a section")
         else:
@@ -129,14 +137,60 @@ def validate(config: dict) -> None:
             raise ConfigError(f"config key '{key}': expected a non-negative number, got {value!r}")
         if key in OPTIONAL_STR and value is not None and not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string or null, got {value!r}")
+        if key in REQUIRED_STR and not (isinstance(value, str) and value):
+            raise ConfigError(f"config key '{key}': expected a non-empty string, got {value!r}")
+        if key.startswith("cluster.resources.") and not (_is_number(value) and value >= 0):
+            raise ConfigError(f"config key '{key}': expected a non-negative amount of that resource per worker, got {value!r}")
     steps = flat["eval.steps"]
     if not (isinstance(steps, list) and steps and all(_is_int(s) and s > 0 for s in steps)):
         raise ConfigError(f"config key 'eval.steps': expected a non-empty list of positive integers, got {steps!r}")
     source = flat["data.source"]
     if source is not None and not (isinstance(source, str) or (isinstance(source, list) and all(isinstance(s, str) for s in source))):
         raise ConfigError(f"config key 'data.source': expected a path or a list of paths, got {source!r}")
+    validate_data(flat)
+    validate_register(flat)
     data, model = flat["data.name"], flat["model.name"]
-    if MODEL_FOR_DATA[data] != model:
-        raise ConfigError(f"config key 'model.name': data set '{data}' needs model '{MODEL_FOR_DATA[data]}', got '{model}'")
-    if data == "omniglot" and source is None:
-        raise ConfigError("config key 'data.source': omniglot needs a folder or zip of Omniglot images")
+    needed = "mlp" if flat["data.features"] else MODEL_FOR_DATA[data]
+    if needed != model:
+        raise ConfigError(f"config key 'model.name': data set '{data}' needs model '{needed}', got '{model}'")
+    if (flat["algorithm.name"] == "maml_rl") != (data == "pointnav"):
+        raise ConfigError(f"config key 'algorithm.name': only 'maml_rl' runs on 'pointnav', and only there; got '{flat['algorithm.name']}' on '{data}'")
+    if flat["algorithm.name"] in CLASSIFIERS and data in GENERATED:
+        raise ConfigError(f"config key 'algorithm.name': '{flat['algorithm.name']}' classifies, data set '{data}' is not classification")
+    if data not in GENERATED and source is None:
+        raise ConfigError(f"config key 'data.source': {data} needs a zip, folder, table or URL to read")
+
+
+def validate_register(flat: dict) -> None:
+    """The alias must be one MLflow accepts; the metric one the evaluate stage reports for this task."""
+    alias = flat["register.alias"]
+    if not (isinstance(alias, str) and re.fullmatch(r"[A-Za-z0-9_-]+", alias) and alias != "latest" and not re.fullmatch(r"v\d+", alias)):
+        raise ConfigError(f"config key 'register.alias': expected letters, digits, '_' or '-' (not 'latest' or v<N>), got {alias!r}")
+    metric = flat["register.metric"]
+    found = re.fullmatch(r"eval_(pre_adapt|post_adapt|steps(\d+))_(loss|acc)", metric) if isinstance(metric, str) else None
+    if not found:
+        raise ConfigError(f"config key 'register.metric': expected eval_<pre_adapt|post_adapt|steps<N>>_<loss|acc>, got {metric!r}")
+    if found[2] is not None and int(found[2]) not in {0, flat["algorithm.inner_steps"], *flat["eval.steps"]}:
+        raise ConfigError(f"config key 'register.metric': {metric} needs {found[2]} in eval.steps")
+    if found[3] == "acc" and flat["data.name"] == "sinusoid":
+        raise ConfigError(f"config key 'register.metric': {metric} is a classification metric, sinusoid reports only losses")
+
+
+def validate_data(flat: dict) -> None:
+    """The ``data.*`` keys the prepare stage reads (data.source is checked above)."""
+    fraction = flat["data.test_fraction"]
+    if not (_is_number(fraction) and 0 < fraction < 1):
+        raise ConfigError(f"config key 'data.test_fraction': expected a number between 0 and 1, got {fraction!r}")
+    for key in ("data.label_column", "data.image_column"):
+        if not (isinstance(flat[key], str) and flat[key]):
+            raise ConfigError(f"config key '{key}': expected a column name, got {flat[key]!r}")
+    for key in ("data.group_column", "data.cache_dir"):
+        if flat[key] is not None and not (isinstance(flat[key], str) and flat[key]):
+            raise ConfigError(f"config key '{key}': expected a non-empty string or null, got {flat[key]!r}")
+    features = flat["data.features"]
+    if features is not None and not (isinstance(features, list) and features and all(isinstance(f, str) for f in features)):
+        raise ConfigError(f"config key 'data.features': expected a non-empty list of column names or null, got {features!r}")
+    if features and flat["data.name"] != "table":
+        raise ConfigError(f"config key 'data.features': only a table has feature columns, data.name is {flat['data.name']!r}")
+    if features and flat["data.rotations"]:
+        raise ConfigError("config key 'data.rotations': only images can be rotated, data.features is set")

@@ -11,6 +11,7 @@ training continues from its last checkpoint.
 import contextlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import mlflow
@@ -28,13 +29,13 @@ from pipelines.stages.evaluate import evaluate
 from pipelines.stages.train import train
 
 
-def load_splits(config: dict) -> dict:
-    """Arrays the workers draw tasks from: nothing for sinusoids, the prepared train/test splits otherwise."""
-    if config["data"]["name"] == "sinusoid":
+def load_splits(prepared: dict) -> dict:
+    """Arrays the workers draw tasks from: the prepared train/test splits, or nothing for generated tasks."""
+    if prepared["dataset"] is None:
         return {"train": None, "test": None}
     import data
 
-    return data.load_splits(data.prepare(config))
+    return data.load_splits(Path(prepared["dataset"]))
 
 
 class Context:
@@ -50,7 +51,7 @@ class Context:
     def driver(self) -> Driver:
         if self._driver is None:
             connect(self.config["cluster"]["address"])
-            self._driver = Driver(self.config, load_splits(self.config), layout_of(self.fresh_params()))
+            self._driver = Driver(self.config, load_splits(self.outputs["prepare"]), layout_of(self.fresh_params()))
         return self._driver
 
     def close(self) -> None:
@@ -87,11 +88,12 @@ class Stage:
     reads: tuple[str, ...]  # config sections (or single keys) whose values define the stage's inputs
     after: tuple[str, ...]  # stages whose outputs it uses
     body: Callable[[Context, Run], dict]  # returns the stage's outputs (JSON); "summary" metrics go to the parent too
+    still_valid: Callable[[dict], bool] = lambda outputs: True  # can recorded outputs still be used?
 
 
 STAGES = [
-    Stage("prepare", ("seed", "data"), (), prepare_stage),
-    Stage("train", ("seed", "task", "model", "algorithm", "train"), ("prepare",), train_stage),
+    Stage("prepare", ("seed", "data", "task"), (), prepare_stage, lambda out: out["dataset"] is None or Path(out["dataset"]).is_dir()),
+    Stage("train", ("seed", "task", "model", "algorithm", "train", "cluster"), ("prepare",), train_stage),
     Stage("evaluate", ("seed", "task", "eval"), ("prepare", "train"), evaluate_stage),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
@@ -128,7 +130,8 @@ def run_stage(stage: Stage, ctx: Context, parent: Run, force: bool) -> None:
     """Reuse a finished run of this stage with the same key, reopen this pipeline's unfinished one, or start one."""
     key = stage_key(stage, ctx.config, ctx.outputs)
     experiment_id = parent.info.experiment_id
-    done = [] if force else [r for r in search(experiment_id, stage=stage.name, stage_key=key) if r.info.status == "FINISHED"]
+    finished = [] if force else [r for r in search(experiment_id, stage=stage.name, stage_key=key) if r.info.status == "FINISHED"]
+    done = [r for r in finished if stage.still_valid(json.loads(r.data.tags["stage_outputs"]))]
     if done:
         ctx.outputs[stage.name] = json.loads(done[0].data.tags["stage_outputs"])
         print(f"{stage.name}: unchanged, reusing run {done[0].info.run_id}")

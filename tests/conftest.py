@@ -16,12 +16,19 @@ OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_session():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(ray_session):
+    """The session's local Ray; started again if a multi-node test shut it down for its own cluster."""
+    if not ray_session.is_initialized():
+        ray_session.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    return ray_session
 
 
 @pytest.fixture

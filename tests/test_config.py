@@ -37,3 +37,19 @@ def test_bad_values_name_their_key(override, key):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load(str(tmp_path / "nope.yaml"))
+
+
+def test_malformed_yaml_and_non_mapping_files_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load(str(bad))
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="flat.yaml: expected a mapping"):
+        load(str(flat))
+
+
+def test_override_without_equals_sign_is_explained():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load("sinusoid", ["train.steps"])

@@ -12,9 +12,8 @@ FAST = ["train.steps=6", "train.meta_batch=6", "eval.tasks=12"]
 
 
 def trained_params(run_id: str) -> dict:
-    client = MlflowClient()
-    train_run = next(r for r in child_runs(run_id) if r.data.tags["stage"] == "train")
-    path = client.download_artifacts(train_run.info.run_id, "params.pt")
+    train_run_id = mlflow.get_run(run_id).data.tags["train_run_id"]
+    path = MlflowClient().download_artifacts(train_run_id, "params.pt")
     return torch.load(path, weights_only=True)
 
 
@@ -44,7 +43,7 @@ def test_every_algorithm_runs_distributed_and_is_tracked(ray_local, tracking, al
     assert parent.data.tags["algorithm"] == algorithm
     assert {"eval_pre_adapt_loss", "eval_post_adapt_loss", "eval_post_adapt_loss_ci95"} <= parent.data.metrics.keys()
     stages = {r.data.tags["stage"]: r for r in child_runs(run_id)}
-    assert set(stages) == {"train", "evaluate"}
+    assert set(stages) == {"prepare", "train", "evaluate"}
     history = MlflowClient().get_metric_history(stages["train"].info.run_id, "meta_loss")
     assert [m.step for m in history] == list(range(6))
     assert {"tasks_per_s", "step_s", "pre_adapt_loss", "post_adapt_loss"} <= stages["train"].data.metrics.keys()

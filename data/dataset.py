@@ -1,0 +1,196 @@
+"""Raw sources -> one cached Parquet dataset with train/test splits -> contiguous arrays.
+
+A prepared dataset is a folder ``data/cache/<name>-<digest>/`` holding ``train.parquet``,
+``test.parquet`` and ``manifest.json``. The digest covers the data config, the seed and
+the sources' checksums, so preparing again is free and any change builds a new folder.
+Each Parquet row is one sample: its class index, label, group and a fixed-size float32
+array (the resized image, or the features); rows are sorted by class so a split loads
+as a single (classes, samples, ...) array with no per-row Python.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data import omniglot, table
+from data.sources import DataError, resolve, sha256_file
+
+FORMAT_VERSION = 1
+CACHE = Path(__file__).parent / "cache"
+SPLITS = ("train", "test")
+# Keys that change where or how a dataset is found, not what it holds.
+NOT_CONTENT = ("cache_dir",)
+
+
+def cache_dir(data: dict) -> Path:
+    return Path(data["cache_dir"]) if data["cache_dir"] else CACHE
+
+
+def sources(data: dict) -> list[str]:
+    source = data["source"]
+    return [source] if isinstance(source, str) else list(source)
+
+
+def read_source(path: Path, data: dict) -> omniglot.Classes:
+    if path.suffix in table.SUFFIXES:
+        return table.read(path, data)
+    if data["features"]:
+        raise DataError(f"{path}: data.features is set, so every data.source must be a .parquet or .csv table")
+    return omniglot.read(path, data["image_size"])
+
+
+def combine(parts: list[omniglot.Classes]) -> omniglot.Classes:
+    """All classes, each kept once where sources overlap (the first source wins)."""
+    merged: omniglot.Classes = {}
+    for classes in parts:
+        for key, samples in classes.items():
+            merged.setdefault(key, samples)
+    return dict(sorted(merged.items()))
+
+
+def held_out(keys: list[tuple[str, str]], data: dict, seed: int) -> set:
+    """The groups (or classes) of the test split, drawn from ``seed``."""
+    by_group = data["split"] == "group"
+    if by_group and any(group == "" for group, _ in keys):
+        raise DataError("data.split: 'group' needs every class to have a group; set data.group_column or use data.split=class")
+    units = sorted({group for group, _ in keys} if by_group else set(keys))
+    if len(units) < 2:
+        raise DataError(f"data.split: need at least 2 {'groups' if by_group else 'classes'} to split, found {len(units)}")
+    count = min(len(units) - 1, max(1, round(len(units) * data["test_fraction"])))
+    order = np.random.default_rng(seed).permutation(len(units))
+    return {units[i] for i in order[:count]}
+
+
+def rectangular(classes: omniglot.Classes) -> tuple[np.ndarray, int, str]:
+    """Classes as one (classes, samples, ...) array, each cut to the smallest class; and that class."""
+    smallest = min(classes, key=lambda k: len(classes[k]))
+    n = len(classes[smallest])
+    return np.stack([np.stack(samples[:n]) for samples in classes.values()]), n, "/".join(smallest)
+
+
+def rotated(x: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """MAML's Omniglot protocol: each class also at 90, 180 and 270 degrees, as new classes."""
+    turns = [np.rot90(x, k, axes=(-2, -1)) for k in range(4)]
+    return np.concatenate(turns), [f"{label}@{90 * k}" if k else label for k in range(4) for label in labels]
+
+
+def write_split(path: Path, x: np.ndarray, labels: list[str], groups: list[str]) -> None:
+    classes, samples = x.shape[:2]
+    flat = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
+    columns = {
+        "class": pa.array(np.repeat(np.arange(classes, dtype=np.int32), samples)),
+        "label": pa.array(np.repeat(labels, samples)),
+        "group": pa.array(np.repeat(groups, samples)),
+        "sample": pa.FixedSizeListArray.from_arrays(flat, int(np.prod(x.shape[2:]))),
+    }
+    # Dictionary-encoding mostly-zero pixels makes reads several times slower; lz4 alone keeps them fast.
+    pq.write_table(pa.table(columns), path, compression="lz4", use_dictionary=["label", "group"])
+
+
+def build(folder: Path, data: dict, seed: int, checked: list[dict]) -> dict:
+    """Write the Parquet splits and return the manifest (not yet written)."""
+    classes = combine([read_source(Path(s["path"]), data) for s in checked])
+    test_units = held_out(list(classes), data, seed)
+    in_test = {key: (key[0] if data["split"] == "group" else key) in test_units for key in classes}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "sources": [{"source": s["source"], "file": Path(s["path"]).name, "sha256": s["sha256"]} for s in checked],
+        "kind": "features" if data["features"] else "images",
+        "preprocessing": (
+            {"features": data["features"]}
+            if data["features"]
+            else {"image_size": data["image_size"], "resample": "lanczos", "omniglot_strokes": 1.0, "rotations": data["rotations"]}
+        ),
+        "splits": {"by": data["split"], "test_fraction": data["test_fraction"], "seed": seed},
+    }
+    for split in SPLITS:
+        part = {k: v for k, v in classes.items() if in_test[k] == (split == "test")}
+        x, samples, smallest = rectangular(part)
+        labels = ["/".join(k) for k in part]
+        groups = [k[0] for k in part]
+        if split == "train" and data["rotations"]:
+            x, labels = rotated(x, labels)
+            groups = groups * 4
+        path = folder / f"{split}.parquet"
+        write_split(path, x, labels, groups)
+        manifest["splits"][split] = {
+            "groups": sorted(set(groups)),
+            "classes": len(labels),
+            "samples_per_class": samples,
+            "smallest_class": smallest,
+            "shape": list(x.shape),
+            "file": path.name,
+            "sha256": sha256_file(path),
+        }
+    return manifest
+
+
+def prepare(config: dict) -> Path:
+    """The prepared dataset's folder for ``config["data"]`` and ``config["seed"]``, built once and cached.
+
+    The folder is written under a temporary name and renamed into place, so it is
+    either complete or absent. The task shape in ``config["task"]`` is checked
+    against it every time.
+    """
+    data, seed = config["data"], config["seed"]
+    root = cache_dir(data)
+    checked = []
+    for source in sources(data):
+        for path, sha256 in resolve(source, root / "downloads"):
+            checked.append({"source": source, "path": str(path.resolve()), "sha256": sha256})
+    content = {k: v for k, v in data.items() if k not in NOT_CONTENT}
+    key = json.dumps({"data": content, "seed": seed, "sha256": [s["sha256"] for s in checked]}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = root / f"{data['name']}-{digest}"
+    if not (folder / "manifest.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
+        try:
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+            manifest = {"digest": digest, **build(tmp, data, seed, checked)}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "manifest.json").exists():  # not another process finishing the same build first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    check_task(folder, config["task"])
+    return folder
+
+
+def manifest_of(folder: Path) -> dict:
+    return json.loads((Path(folder) / "manifest.json").read_text())
+
+
+def check_task(folder: Path, task: dict) -> None:
+    """Every split must have enough classes for ``task.ways`` and samples for ``task.shots + task.queries``."""
+    splits = manifest_of(folder)["splits"]
+    for split in SPLITS:
+        info = splits[split]
+        if task["ways"] > info["classes"]:
+            raise DataError(f"task.ways: {task['ways']} ways but the {split} split of {folder} has only {info['classes']} classes")
+        need = task["shots"] + task["queries"]
+        if need > info["samples_per_class"]:
+            raise DataError(
+                f"task.shots + task.queries: {need} samples per class needed but class '{info['smallest_class']}' "
+                f"in the {split} split has only {info['samples_per_class']}"
+            )
+
+
+def load_splits(folder: str | Path) -> dict[str, np.ndarray]:
+    """``{"train": ..., "test": ...}``, each one contiguous float32 array read with pyarrow (no per-row Python)."""
+    folder = Path(folder)
+    splits = manifest_of(folder)["splits"]
+    out = {}
+    for split in SPLITS:
+        column = pq.read_table(folder / splits[split]["file"], columns=["sample"]).column("sample").combine_chunks()
+        out[split] = column.flatten().to_numpy().reshape(splits[split]["shape"])
+    return out

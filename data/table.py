@@ -1,0 +1,71 @@
+"""A user's own few-shot problem: a Parquet or CSV table with a label column and images or numeric features."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from data.omniglot import Classes, decode
+from data.sources import DataError
+
+SUFFIXES = (".parquet", ".csv")
+
+
+def read_file(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable {path.suffix[1:]} table ({str(e).splitlines()[0]})") from None
+
+
+def column(table: pa.Table, path: Path, name: str, key: str) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise DataError(f"{path}: no column '{name}' ({key}); columns are {table.column_names}")
+    return table[name]
+
+
+def features(table: pa.Table, path: Path, names: list[str]) -> np.ndarray:
+    """The feature columns as a (rows, features) float32 array; missing or NaN values are errors."""
+    out = []
+    for name in names:
+        values = column(table, path, name, "data.features")
+        if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+            raise DataError(f"{path}: feature column '{name}' must be numeric, got {values.type}")
+        array = values.to_numpy().astype(np.float32)
+        bad = np.flatnonzero(np.isnan(array))
+        if bad.size:
+            raise DataError(f"{path}: feature column '{name}' has a missing or NaN value in row {bad[0]}")
+        out.append(array)
+    return np.stack(out, axis=1)
+
+
+def images(table: pa.Table, path: Path, name: str, size: int) -> list[np.ndarray]:
+    values = column(table, path, name, "data.image_column")
+    if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        raise DataError(f"{path}: image column '{name}' must hold encoded image bytes, got {values.type}")
+    return [decode(raw, size, f"{path} row {row} column '{name}'", invert=False) for row, raw in enumerate(values.to_pylist())]
+
+
+def read(path: Path, data: dict) -> Classes:
+    """Rows grouped into classes keyed by (group, label); the group is '' without a group column."""
+    table = read_file(path)
+    labels = column(table, path, data["label_column"], "data.label_column")
+    if labels.null_count:
+        raise DataError(f"{path}: label column '{data['label_column']}' has missing values")
+    groups = column(table, path, data["group_column"], "data.group_column") if data["group_column"] else None
+    if groups is not None and groups.null_count:
+        raise DataError(f"{path}: group column '{data['group_column']}' has missing values")
+    rows = features(table, path, data["features"]) if data["features"] else images(table, path, data["image_column"], data["image_size"])
+    keys = zip(
+        pc.cast(groups, pa.string()).to_pylist() if groups is not None else [""] * len(table),
+        pc.cast(labels, pa.string()).to_pylist(),
+    )
+    classes: Classes = {}
+    for key, row in zip(keys, rows):
+        classes.setdefault(key, []).append(row)
+    if not classes:
+        raise DataError(f"{path}: the table has no rows")
+    return classes

@@ -1,0 +1,25 @@
+"""Prototypical Networks (Snell et al., 2017): classify by distance to each class's mean embedding."""
+
+import torch
+
+from meta_core.algorithms.episodic import EpisodeLearner, one_hot
+from meta_core.models import Params, forward
+from meta_core.tasks import Task
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """``(ways, features)``: the mean support embedding of each class."""
+    members = one_hot(labels, ways)
+    return members.T @ embeddings / members.sum(0).unsqueeze(-1)
+
+
+def negative_squared_distances(queries: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """``(queries, ways)`` logits ``-||q - c||^2``."""
+    return -((queries.unsqueeze(1) - centres.unsqueeze(0)) ** 2).sum(-1)
+
+
+class ProtoNet(EpisodeLearner):
+    def logits(self, params: Params, task: Task) -> torch.Tensor:
+        support = forward(self.model, params, task.support_x)
+        centres = prototypes(support, task.support_y, self.ways)
+        return negative_squared_distances(forward(self.model, params, task.query_x), centres)

@@ -1,0 +1,120 @@
+"""The few-shot model MLflow serves: adapt to a request's support set, then predict its queries.
+
+Logged as code (MLflow models-from-code): this file is the model. Its only
+artifact is the trained learner's folder (``params.pt`` + ``config.yaml``),
+rebuilt by ``read_trained`` without unpickling anything.
+
+A request is one task, one row per example:
+
+    set      "support" or "query"
+    x        the example's flattened features (a 28x28 image is 784 floats)
+    y        class id (0..ways-1) or regression target; null for queries
+
+The answer has one row per query, in request order: ``prediction`` (class id
+or value) and, for classification, ``probabilities`` over the ways.
+``adapt_steps`` (a predict-time param) defaults to the trained inner steps.
+"""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
+
+from meta_core.algorithms import Algorithm
+from meta_core.algorithms.episodic import EpisodeLearner
+from meta_core.models import Params, forward
+from meta_core.tasks import Task
+from pipelines.artifacts import read_trained
+
+TRAINED = "trained"  # the artifact key of the learner's folder
+
+
+def input_shape(config: dict) -> tuple[int, ...]:
+    """The shape one example's ``x`` is reshaped to before the model sees it."""
+    data = config["data"]
+    if data["name"] == "sinusoid":
+        return (1,)
+    if data["features"]:
+        return (len(data["features"]),)
+    return (data["image_size"], data["image_size"])
+
+
+def query_outputs(algo: Algorithm, params: Params, support_x, support_y, query_x, steps: int) -> torch.Tensor:
+    """The model's outputs for the queries once it has seen the labelled support set."""
+    if isinstance(algo, EpisodeLearner):  # adapts by conditioning on the support set: no steps to take
+        return algo.logits(params, Task(support_x, support_y, query_x, torch.zeros(len(query_x), dtype=torch.long)))
+    return forward(algo.model, algo.adapt(params, support_x, support_y, steps), query_x)
+
+
+def signature(config: dict, kind: str) -> ModelSignature:
+    outputs = [ColSpec("long", "prediction"), ColSpec(Array("double"), "probabilities")]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "set"), ColSpec(Array("double"), "x"), ColSpec("double", "y")]),
+        outputs=Schema(outputs if kind == "classification" else [ColSpec("double", "prediction")]),
+        params=ParamSchema([ParamSpec("adapt_steps", "long", config["algorithm"]["inner_steps"])]),
+    )
+
+
+def request(support_x, support_y, query_x) -> pd.DataFrame:
+    """A request frame from support examples with their labels (or targets) and query examples."""
+    rows = [("support", x, float(y)) for x, y in zip(support_x, support_y)] + [("query", x, None) for x in query_x]
+    return pd.DataFrame([{"set": s, "x": np.asarray(x, dtype=np.float64).ravel().tolist(), "y": y} for s, x, y in rows])
+
+
+def bad_request(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class FewShotModel(PythonModel):
+    def load_context(self, context) -> None:
+        self.config, self.algo, self.params = read_trained(context.artifacts[TRAINED])
+        self.shape = input_shape(self.config)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        steps = int((params or {}).get("adapt_steps", self.algo.inner_steps))
+        if steps < 0:
+            raise bad_request(f"adapt_steps: expected a non-negative integer, got {steps}")
+        out = query_outputs(self.algo, self.params, *self.tensors(model_input), steps).detach()
+        if self.algo.kind == "regression":
+            return pd.DataFrame({"prediction": out.squeeze(-1).double().numpy()})
+        probabilities = out.softmax(-1).double().numpy()
+        return pd.DataFrame({"prediction": probabilities.argmax(-1), "probabilities": list(probabilities)})
+
+    def tensors(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Support inputs, support labels (or targets) and query inputs, checked against the trained model."""
+        missing = {"set", "x", "y"} - set(frame.columns)
+        if missing:
+            raise bad_request(f"request: missing column(s) {sorted(missing)}; expected set, x and y")
+        unknown = set(frame["set"]) - {"support", "query"}
+        if unknown:
+            raise bad_request(f"set: expected 'support' or 'query', got {sorted(unknown)}")
+        size = int(np.prod(self.shape))
+        lengths = {len(x) for x in frame["x"]}
+        if lengths != {size}:
+            raise bad_request(f"x: expected {size} values per row (shape {self.shape}, flattened), got {sorted(lengths)}")
+        support, query = frame[frame["set"] == "support"], frame[frame["set"] == "query"]
+        if support.empty or query.empty:
+            raise bad_request("set: a request needs at least one 'support' row and one 'query' row")
+        y = support["y"].to_numpy(dtype=np.float64)
+        if np.isnan(y).any():
+            raise bad_request("y: every support row needs a label (or target)")
+        if self.algo.kind == "classification":
+            ways = self.config["task"]["ways"]
+            if not np.all((y == np.round(y)) & (y >= 0) & (y < ways)):
+                raise bad_request(f"y: support labels must be class ids 0..{ways - 1}")
+            labels = torch.tensor(y).long()
+        else:
+            labels = torch.tensor(y).float().unsqueeze(-1)
+        return self.stack(support["x"]), labels, self.stack(query["x"])
+
+    def stack(self, column: pd.Series) -> torch.Tensor:
+        return torch.from_numpy(np.stack(column.to_numpy()).astype(np.float32)).reshape(-1, *self.shape)
+
+
+mlflow.models.set_model(FewShotModel())

@@ -1,0 +1,68 @@
+"""Faults on one node: a worker killed mid-step, and a straggler. Training must end where a fault-free run ends."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from tests.cluster_helpers import WorkerBase, config, train
+
+FAULT_STEP = 2
+
+
+def once(marker: Path) -> bool:
+    """True for exactly one caller across all worker processes: whoever creates ``marker`` first."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+def killed_mid_step(marker: Path):
+    class KilledMidStep(WorkerBase):
+        """Kills its own process (SIGKILL, no clean-up) inside the first share of step FAULT_STEP it gets."""
+
+        def meta_gradient(self, flat, step, indices):
+            if step == FAULT_STEP and once(marker):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().meta_gradient(flat, step, indices)
+
+    return ray.remote(KilledMidStep)
+
+
+def straggling(marker: Path, delay_s: float):
+    class Straggler(WorkerBase):
+        """Takes ``delay_s`` over the first share of step FAULT_STEP it gets."""
+
+        def meta_gradient(self, flat, step, indices):
+            if step == FAULT_STEP and once(marker):
+                time.sleep(delay_s)
+            return super().meta_gradient(flat, step, indices)
+
+    return ray.remote(Straggler)
+
+
+def test_worker_killed_mid_step_is_replaced_and_parameters_match(ray_local, tmp_path):
+    marker = tmp_path / "killed"
+    for workers in (1, 2):  # alone, the share waits for the restarted actor; with two, it moves to the live one
+        marker.unlink(missing_ok=True)
+        cfg = config(f"cluster.workers={workers}")
+        expected = train(cfg)
+        faulty = train(cfg, killed_mid_step(marker))
+        assert marker.exists(), "the fault was never injected"
+        np.testing.assert_allclose(faulty, expected, rtol=0, atol=1e-6)
+
+
+def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
+    delay_s = 60
+    cfg = config("cluster.workers=2", "cluster.share_timeout_s=3")
+    expected = train(cfg)
+    started = time.monotonic()
+    slow = train(cfg, straggling(tmp_path / "slow", delay_s))
+    assert (tmp_path / "slow").exists(), "the straggler never stalled"
+    assert time.monotonic() - started < delay_s / 2
+    np.testing.assert_allclose(slow, expected, rtol=0, atol=1e-6)

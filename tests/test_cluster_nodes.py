@@ -1,0 +1,56 @@
+"""Two simulated nodes: workers spread over both, and training goes on when one node is removed."""
+
+import time
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray.exceptions import ActorUnavailableError
+
+from tests.cluster_helpers import STEPS, config, train
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head and one more node, two CPUs each; the session's local Ray is shut down first (it restarts on demand)."""
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def node_of(worker, wait_s: float = 60) -> str:
+    """The node a worker runs on, waiting out a restart in progress."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return ray.get(worker.node.remote())
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_node_removed_mid_run_training_goes_on_with_the_nodes_left(two_nodes):
+    cfg = config("cluster.workers=2")
+    ray.init(address=two_nodes.address, log_to_driver=False)
+    expected = train(cfg)  # fault-free, on the head alone
+    side = two_nodes.add_node(num_cpus=2)
+    two_nodes.wait_for_nodes()
+    placed = {}
+
+    def remove_side_node(step, driver):
+        if step in (0, STEPS - 1):
+            placed[step] = {node_of(w) for w in driver.workers}
+        if step == STEPS // 2:
+            two_nodes.remove_node(side, allow_graceful=False)
+
+    survived = train(cfg, between_steps=remove_side_node)
+    assert placed[0] == {two_nodes.head_node.node_id, side.node_id}, "workers should spread over both nodes"
+    assert placed[STEPS - 1] == {two_nodes.head_node.node_id}, "the lost worker should restart on the node left"
+    np.testing.assert_allclose(survived, expected, rtol=0, atol=1e-6)

@@ -1,0 +1,284 @@
+"""The prepare stage: sources in, one cached Parquet dataset with disjoint splits out, and every bad input refused."""
+
+import functools
+import http.server
+import io
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import data
+from data.sources import OMNIGLOT_SHA256
+from meta_core.build import build_learner, build_source
+from meta_core.models import forward, init_params
+from pipelines.config import CONFIG_DIR, load
+from pipelines.stages.prepare import prepare_stage
+from tests.conftest import OMNIGLOT
+
+SMALL1 = OMNIGLOT / "images_background_small1.zip"
+
+
+def config(tmp_path: Path, source, *overrides: str) -> dict:
+    sources = [str(s) for s in source] if isinstance(source, list) else str(source)
+    cfg = load(str(CONFIG_DIR / "omniglot.yaml"), ["data.rotations=false", f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+    cfg["data"]["source"] = sources
+    return cfg
+
+
+def omniglot_folder(root: Path, alphabets: int = 4, characters: int = 3, drawings: int = 6) -> Path:
+    """A small copy of part of the first shared zip, in Omniglot's folder layout."""
+    with zipfile.ZipFile(SMALL1) as archive:
+        names = [n for n in archive.namelist() if n.endswith(".png")]
+        keep_alphabets = sorted({n.split("/")[1] for n in names})[:alphabets]
+        for name in names:
+            _, alphabet, character, file = name.split("/")
+            index = int(character.removeprefix("character"))
+            if alphabet in keep_alphabets and index <= characters and int(file[-6:-4]) <= drawings:
+                target = root / alphabet / character / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.read(name))
+    return root
+
+
+def png(value: int = 0, size: int = 32) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (size, size), value).save(out, format="PNG")
+    return out.getvalue()
+
+
+def split_labels(folder: Path) -> dict[str, set[str]]:
+    return {split: set(pq.read_table(folder / f"{split}.parquet", columns=["label"]).column("label").to_pylist()) for split in data.SPLITS}
+
+
+def built(tmp_path: Path) -> list[Path]:
+    cache = tmp_path / "cache"
+    return [p for p in cache.iterdir() if p.name != "downloads"] if cache.exists() else []
+
+
+def test_both_shared_zips_keep_shared_characters_once_and_hold_out_whole_alphabets(tmp_path):
+    cfg = config(tmp_path, OMNIGLOT)
+    folder = data.prepare(cfg)
+    manifest = data.manifest_of(folder)
+    assert [s["sha256"] for s in manifest["sources"]] == [OMNIGLOT_SHA256["images_background_small1"], OMNIGLOT_SHA256["images_background_small2"]]
+    splits = data.load_splits(folder)
+    assert splits["train"].shape[0] + splits["test"].shape[0] == 242  # 136 + 156 minus Greek and Latin counted twice
+    assert splits["train"].shape[1:] == (20, 28, 28) and splits["train"].dtype == np.float32 and splits["train"].flags.c_contiguous
+    assert set(manifest["splits"]["train"]["groups"]).isdisjoint(manifest["splits"]["test"]["groups"])
+    assert len(manifest["splits"]["test"]["groups"]) == 2
+    images = splits["test"]
+    assert images.max() == pytest.approx(1.0, abs=0.02) and np.median(images) == 0.0  # strokes 1.0 on a 0.0 background
+    assert data.prepare(cfg) == folder and len(built(tmp_path)) == 1  # cached: found again, not rebuilt
+
+
+def test_splits_are_deterministic_from_the_seed_and_no_class_is_in_two_splits(tmp_path):
+    source = omniglot_folder(tmp_path / "omniglot")
+    labels = {}
+    for seed in (0, 0, 1):
+        for by in ("group", "class"):
+            cfg = config(tmp_path, source, f"seed={seed}", f"data.split={by}", "task.ways=2", "task.queries=2")
+            found = split_labels(data.prepare(cfg))
+            assert found["train"].isdisjoint(found["test"])
+            assert len(found["train"] | found["test"]) == 12
+            if by == "group":
+                assert {l.split("/")[0] for l in found["train"]}.isdisjoint({l.split("/")[0] for l in found["test"]})
+            assert labels.setdefault((seed, by), found) == found
+    assert labels[(0, "class")] != labels[(1, "class")]
+
+
+def test_rotations_add_three_turned_copies_of_train_classes_only(tmp_path):
+    source = omniglot_folder(tmp_path / "omniglot")
+    plain = data.load_splits(data.prepare(config(tmp_path, source, "task.ways=2", "task.queries=2")))
+    turned = data.load_splits(data.prepare(config(tmp_path, source, "task.ways=2", "task.queries=2", "data.rotations=true")))
+    n = plain["train"].shape[0]
+    assert turned["train"].shape[0] == 4 * n
+    np.testing.assert_array_equal(turned["train"][n : 2 * n], np.rot90(plain["train"], 1, axes=(2, 3)))
+    np.testing.assert_array_equal(turned["test"], plain["test"])
+
+
+def test_a_folder_in_omniglot_layout_gives_the_same_images_as_the_zip(tmp_path):
+    folder = omniglot_folder(tmp_path / "omniglot", alphabets=5, characters=99, drawings=20)
+    from_zip = data.load_splits(data.prepare(config(tmp_path, SMALL1)))
+    from_folder = data.load_splits(data.prepare(config(tmp_path, folder)))
+    for split in data.SPLITS:
+        np.testing.assert_array_equal(from_zip[split], from_folder[split])
+
+
+def test_user_tables_of_features_and_of_image_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"label": np.repeat([f"c{i}" for i in range(6)], 5), "f1": rng.normal(size=30), "f2": rng.normal(size=30)})
+    rows.to_csv(tmp_path / "features.csv", index=False)
+    cfg = config(tmp_path, tmp_path / "features.csv", "data.name=table", "data.split=class", "data.features=[f1, f2]",
+                 "model.name=mlp", "task.ways=2", "task.shots=1", "task.queries=2")
+    features = data.load_splits(data.prepare(cfg))
+    assert features["train"].shape[1:] == (5, 2) and features["train"].shape[0] + features["test"].shape[0] == 6
+    learner = build_learner(cfg)  # the generic MLP: two features in, one logit per way out
+    task = build_source(cfg, features["train"]).sample(np.random.default_rng(0))
+    assert forward(learner.model, init_params(learner.model, 0), task.query_x).shape == (4, 2)
+    every = np.concatenate([features["train"], features["test"]]).reshape(-1, 2)
+    assert sorted(map(tuple, every)) == sorted(map(tuple, rows[["f1", "f2"]].to_numpy(np.float32)))
+
+    images = pd.DataFrame({"label": np.repeat(range(4), 3), "group": np.repeat(["a", "a", "b", "b"], 3),
+                           "image": [png(value) for value in range(0, 240, 20)]})
+    images.to_parquet(tmp_path / "images.parquet")
+    cfg = config(tmp_path, tmp_path / "images.parquet", "data.name=table", "data.group_column=group", "data.test_fraction=0.5",
+                 "task.ways=2", "task.shots=1", "task.queries=2")
+    splits = data.load_splits(data.prepare(cfg))
+    assert splits["train"].shape == (2, 3, 28, 28) and splits["test"].shape == (2, 3, 28, 28)
+    assert {round(float(v) * 255) for v in np.concatenate([splits["train"], splits["test"]])[:, :, 0, 0].ravel()} == set(range(0, 240, 20))
+
+
+def corrupt_zip(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as z:
+        z.writestr("set/Alpha/character01/01.png", png())
+        z.writestr("set/Alpha/character01/02.png", b"not a png at all")
+    return tmp_path / "bad.zip", ["bad.zip", "02.png", "not a readable image"]
+
+
+def slip_zip(tmp_path):
+    with zipfile.ZipFile(tmp_path / "slip.zip", "w") as z:
+        z.writestr("set/Alpha/character01/01.png", png())
+        z.writestr("../../outside.png", png())
+    return tmp_path / "slip.zip", ["slip.zip", "outside the target folder"]
+
+
+def non_image_file(tmp_path):
+    folder = omniglot_folder(tmp_path / "omniglot", alphabets=2, characters=2, drawings=4)
+    (folder / next(folder.iterdir()).name / "character01" / "notes.txt").write_text("hello")
+    return folder, ["notes.txt", "not a readable image"]
+
+
+def empty_class(tmp_path):
+    folder = omniglot_folder(tmp_path / "omniglot", alphabets=2, characters=2, drawings=4)
+    (folder / next(folder.iterdir()).name / "character09").mkdir()
+    return folder, ["character09", "empty class"]
+
+
+def too_few_samples(tmp_path):
+    return omniglot_folder(tmp_path / "omniglot", alphabets=4, characters=3, drawings=4), ["task.shots + task.queries", "only 4"]
+
+
+def more_ways_than_classes(tmp_path):
+    return omniglot_folder(tmp_path / "omniglot", alphabets=4, characters=3, drawings=20), ["task.ways", "only 3 classes"]
+
+
+def missing_label_column(tmp_path):
+    pd.DataFrame({"name": ["a", "b"], "f1": [1.0, 2.0]}).to_csv(tmp_path / "t.csv", index=False)
+    return tmp_path / "t.csv", ["t.csv", "no column 'label'", "data.label_column"]
+
+
+def nan_feature(tmp_path):
+    pd.DataFrame({"label": ["a", "b", "c"], "f1": [1.0, float("nan"), 2.0]}).to_csv(tmp_path / "t.csv", index=False)
+    return tmp_path / "t.csv", ["t.csv", "'f1'", "row 1"]
+
+
+def checksum_mismatch(tmp_path):
+    renamed = tmp_path / "images_background_small2.zip"
+    renamed.write_bytes(SMALL1.read_bytes())  # an official name with the wrong contents
+    return renamed, ["images_background_small2.zip", "does not match", OMNIGLOT_SHA256["images_background_small2"]]
+
+
+TABLE = ["data.name=table", "data.split=class", "data.features=[f1]", "model.name=mlp"]
+
+
+@pytest.mark.parametrize(
+    "make, overrides",
+    [
+        (corrupt_zip, []),
+        (slip_zip, []),
+        (non_image_file, []),
+        (empty_class, []),
+        (too_few_samples, ["task.ways=2", "task.shots=1", "task.queries=15"]),
+        (more_ways_than_classes, ["task.ways=5", "data.split=group", "data.test_fraction=0.25"]),
+        (missing_label_column, TABLE),
+        (nan_feature, TABLE),
+        (checksum_mismatch, []),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_file_or_key_and_leaves_nothing_behind(tmp_path, make, overrides):
+    source, words = make(tmp_path)
+    with pytest.raises(data.DataError) as error:
+        data.prepare(config(tmp_path, source, *overrides))
+    message = str(error.value)
+    assert len(message.splitlines()) == 1
+    for word in words:
+        assert word in message
+    if make not in (too_few_samples, more_ways_than_classes):  # those are task checks against a good dataset
+        assert built(tmp_path) == []
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files, honouring ``Range: bytes=N-`` as a resumable download server would."""
+
+    ranges: list = []
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            return self.send_error(404)
+        body, asked = path.read_bytes(), self.headers.get("Range")
+        self.ranges.append(asked)
+        start = int(asked.removeprefix("bytes=").split("-")[0]) if asked else 0
+        self.send_response(206 if asked else 200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(OMNIGLOT)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    RangeHandler.ranges = []
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_is_verified_and_resumes_a_partial_file(tmp_path, server):
+    downloads = tmp_path / "cache" / "downloads"
+    downloads.mkdir(parents=True)
+    whole = SMALL1.read_bytes()
+    (downloads / "images_background_small1.zip.part").write_bytes(whole[:100_000])
+    folder = data.prepare(config(tmp_path, f"{server}/images_background_small1.zip"))
+    assert RangeHandler.ranges == ["bytes=100000-"]
+    assert (downloads / "images_background_small1.zip").read_bytes() == whole
+    assert data.manifest_of(folder)["sources"][0]["sha256"] == OMNIGLOT_SHA256["images_background_small1"]
+
+
+def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, server):
+    with pytest.raises(data.DataError, match="does not match the expected 0000"):
+        data.prepare(config(tmp_path, f"{server}/images_background_small2.zip#sha256={'0' * 64}"))
+    assert list((tmp_path / "cache" / "downloads").iterdir()) == [] and built(tmp_path) == []
+
+
+def test_download_without_network_says_so(tmp_path):
+    with pytest.raises(data.DataError, match="cannot download http://127.0.0.1:9/images_background.zip .*no network"):
+        data.prepare(config(tmp_path, "http://127.0.0.1:9/images_background.zip"))
+
+
+def test_prepare_stage_logs_dataset_inputs_counts_and_manifest(tmp_path, tracking):
+    cfg = config(tmp_path, omniglot_folder(tmp_path / "omniglot", drawings=20), "task.ways=2")
+    mlflow.set_tracking_uri(tracking)
+    with mlflow.start_run() as run:
+        out = prepare_stage(cfg)
+    logged = mlflow.get_run(run.info.run_id)
+    manifest = data.manifest_of(out["dataset"])
+    assert out["digest"] == manifest["digest"]
+    inputs = {i.tags[0].value: i.dataset for i in logged.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "test"}
+    for split, dataset in inputs.items():
+        assert json.loads(dataset.source)["uri"] == str(Path(out["dataset"]) / f"{split}.parquet")
+        assert dataset.digest == manifest["splits"][split]["sha256"][:16]
+    assert logged.data.metrics["train_classes"] + logged.data.metrics["test_classes"] == 12
+    assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/manifest.json") == manifest
