@@ -61,7 +61,7 @@ def in_fresh_process(algorithm: str, steps: int, width: int, device: str) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

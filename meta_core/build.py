@@ -8,6 +8,7 @@ from meta_core.rl import PointGoals
 from meta_core.tasks import ClassificationTasks, SinusoidTasks
 
 KIND = {"sinusoid": "regression", "pointnav": "rl"}  # every other data set is classification
+INNER_LOOPS = {"maml", "fomaml", "metasgd", "anil"}  # algorithms whose differentiated inner loop can be checkpointed
 
 
 def build_learner(config: dict) -> Algorithm:
@@ -19,6 +20,8 @@ def build_learner(config: dict) -> Algorithm:
         model_cfg["name"], ways=ways, width=model_cfg["width"], image_size=config["data"]["image_size"], in_features=in_features
     )
     options = {k: algo[k] for k in OPTIONS.get(algo["name"], ())}
+    if algo["name"] in INNER_LOOPS:
+        options["checkpoint_inner"] = algo["checkpoint_inner"]
     return build_algorithm(algo["name"], model, kind, inner_steps=algo["inner_steps"], inner_lr=algo["inner_lr"], **options)
 
 

@@ -24,11 +24,12 @@ def share_gradient(
 
     ``vectorize`` runs all tasks as one ``vmap``-ed call: a large win for small
     models, where Python overhead per task dominates; the loop wins for conv
-    nets on CPU (see benchmarks/).
+    nets on CPU (see benchmarks/). A checkpointed inner loop always runs task by
+    task: checkpointing is plain autograd, which ``vmap`` cannot batch.
     """
     params = unflatten(flat_params, layout)
     tasks = draw(source, seed, TRAIN, step, indices, flat_params.device)
-    if vectorize:
+    if vectorize and not algo.checkpoint_inner:
         grads, metrics = vmap(algo.task_grad, in_dims=(None, 0))(params, stack(tasks))
         total = flatten({k: g.sum(0, dtype=torch.float64) for k, g in grads.items()}, torch.float64)
         sums = {k: float(v.double().sum()) for k, v in metrics.items()}

@@ -172,8 +172,8 @@ def validate_register(flat: dict) -> None:
         raise ConfigError(f"config key 'register.metric': expected eval_<pre_adapt|post_adapt|steps<N>>_<loss|acc>, got {metric!r}")
     if found[2] is not None and int(found[2]) not in {0, flat["algorithm.inner_steps"], *flat["eval.steps"]}:
         raise ConfigError(f"config key 'register.metric': {metric} needs {found[2]} in eval.steps")
-    if found[3] == "acc" and flat["data.name"] == "sinusoid":
-        raise ConfigError(f"config key 'register.metric': {metric} is a classification metric, sinusoid reports only losses")
+    if found[3] == "acc" and flat["data.name"] in GENERATED:
+        raise ConfigError(f"config key 'register.metric': {metric} is a classification metric, {flat['data.name']} reports only losses")
 
 
 def validate_data(flat: dict) -> None:

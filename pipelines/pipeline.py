@@ -24,7 +24,7 @@ from meta_core.flat import flatten, layout_of, unflatten
 from meta_core.models import init_params
 from pipelines import tracking
 from pipelines.artifacts import load_trained, log_trained
-from pipelines.config import ConfigError, digest
+from pipelines.config import GENERATED, ConfigError, digest
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.train import train
 
@@ -60,7 +60,7 @@ class Context:
 
 
 def prepare_stage(ctx: Context, run) -> dict:
-    if ctx.config["data"]["name"] == "sinusoid":
+    if ctx.config["data"]["name"] in GENERATED:
         return {"dataset": None}
     from pipelines.stages.prepare import prepare_stage as prepare
 

@@ -9,7 +9,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import digest, flatten
+from pipelines.config import GENERATED, digest, flatten
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -33,7 +33,7 @@ def code_version() -> str:
 def task_name(config: dict) -> str:
     """``omniglot-5w1s``, or ``sinusoid-10shot`` for regression: what every algorithm on this task shares."""
     data, task = config["data"]["name"], config["task"]
-    shape = f"{task['shots']}shot" if data == "sinusoid" else f"{task['ways']}w{task['shots']}s"
+    shape = f"{task['shots']}shot" if data in GENERATED else f"{task['ways']}w{task['shots']}s"
     return f"{data}-{shape}"
 
 
@@ -48,7 +48,7 @@ def tags(config: dict) -> dict[str, str]:
     return {
         "algorithm": config["algorithm"]["name"],
         "dataset": config["data"]["name"],
-        "ways": str(task["ways"]) if config["data"]["name"] != "sinusoid" else "-",
+        "ways": "-" if config["data"]["name"] in GENERATED else str(task["ways"]),
         "shots": str(task["shots"]),
         "workers": str(config["cluster"]["workers"]),
         "config_digest": digest(config),

@@ -1,5 +1,7 @@
 """iMAML, Prototypical and Matching Networks, MANN: references, learning, and a tracked distributed run."""
 
+import re
+
 import mlflow
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ from meta_core.algorithms.mann import MemoryNetwork
 from meta_core.flat import flatten, layout_of
 from meta_core.models import build_model, init_params
 from meta_core.step import evaluate_tasks, share_gradient
-from meta_core.tasks import EVAL, ClassificationTasks, SinusoidTasks, Task, task_rng
-from pipelines.config import load
+from meta_core.tasks import EVAL, ClassificationTasks, Task, task_rng
+from pipelines.config import ConfigError, load
 from pipelines.pipeline import run
 from tests.conftest import OMNIGLOT
 
@@ -76,7 +78,9 @@ def test_imaml_meta_gradient_is_the_exact_implicit_gradient_on_a_quadratic():
     theta = {"weight": torch.tensor([[0.3, -0.2, 0.5]]), "bias": torch.tensor([0.1])}
     grads, metrics = algo.task_grad(theta, task)
 
-    design = lambda inputs: torch.cat([inputs, torch.ones(len(inputs), 1)], 1).double()  # noqa: E731
+    def design(inputs):  # [x, 1], so that w = [weight, bias]
+        return torch.cat([inputs, torch.ones(len(inputs), 1)], 1).double()
+
     xs, xq, ys, yq = design(task.support_x), design(task.query_x), task.support_y.double(), task.query_y.double()
     hessian = 2 * xs.T @ xs / len(xs)  # of the mean squared error in w = [weight, bias]
     w0 = torch.cat([theta["weight"].T, theta["bias"][:, None]]).double()
@@ -144,34 +148,36 @@ def test_episode_learners_report_the_same_metrics_at_every_step_count():
 
 
 def meta_train(algo, params, source, steps: int, lr: float) -> dict:
-    """Adam on the mean meta-gradient of 4 tasks a step, through the workers' own share function."""
+    """Adam on the mean meta-gradient of 4 tasks a step, through the workers' own share function.
+
+    Returns (before, after) held-out query metrics, after as many adaptation steps as training takes.
+    """
     layout, flat = layout_of(params), flatten(params).clone()
     optimizer = torch.optim.Adam([flat], lr=lr)
-    before = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), [1])
+    adapt = [max(1, algo.inner_steps)]
+    before = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), adapt)
     for step in range(steps):
         grad, _ = share_gradient(algo, source, flat, layout, 0, step, range(4), vectorize=False)
         flat.grad = torch.from_numpy(grad / 4).float()
         optimizer.step()
-    after = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), [1])
-    return {k: (before[k].mean(), after[k].mean()) for k in before}
+    after = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), adapt)
+    return {k.replace(f"steps{adapt[0]}", "adapted"): (before[k].mean(), after[k].mean()) for k in before}
 
 
 @pytest.mark.parametrize(
-    "name, steps, lr", [("protonet", 25, 0.01), ("matchingnet", 25, 0.01), pytest.param("mann", 200, 0.008, marks=pytest.mark.slow)]
+    "name, options, steps, lr",
+    [
+        ("imaml", dict(inner_steps=5, inner_lr=0.2, lam=1.0, cg_steps=3), 25, 0.01),
+        ("protonet", {}, 25, 0.01),
+        ("matchingnet", {}, 25, 0.01),
+        pytest.param("mann", SMALL_MANN, 200, 0.008, marks=pytest.mark.slow),
+    ],
 )
-def test_episode_learners_learn_a_small_task(name, steps, lr):
-    algo, params = learner(name, **(SMALL_MANN if name == "mann" else {}))
-    source = ClassificationTasks(class_images(), WAYS, shots=2, queries=3)
-    result = meta_train(algo, params, source, steps, lr)
-    (loss_before, loss_after), (acc_before, acc_after) = result["steps1_loss"], result["steps1_acc"]
-    assert loss_after < 0.9 * loss_before and acc_after > acc_before + 0.2, result
-
-
-def test_imaml_learns_sinusoids():
-    algo = build_algorithm("imaml", build_model("mlp"), "regression", inner_steps=3, inner_lr=0.02, lam=0.5, cg_steps=3)
-    result = meta_train(algo, algo.init(init_params(algo.model, seed=1)), SinusoidTasks(10, 10), steps=60, lr=0.01)
-    before, after = result["steps1_loss"]
-    assert after < 0.7 * before, result
+def test_learns_a_small_task(name, options, steps, lr):
+    algo, params = learner(name, **options)
+    result = meta_train(algo, params, ClassificationTasks(class_images(), WAYS, shots=2, queries=3), steps, lr)
+    (loss_before, loss_after), (acc_before, acc_after) = result["adapted_loss"], result["adapted_acc"]
+    assert loss_after < 0.8 * loss_before and acc_after > acc_before + 0.15, result
 
 
 def small(config: str) -> list[str]:
@@ -183,12 +189,34 @@ def small(config: str) -> list[str]:
             "algorithm.controller_size=16", "algorithm.memory_slots=8", "algorithm.memory_width=8"]
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One prepared Omniglot for every run here."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["imaml", "protonet", "matchingnet", "mann", "pointnav"])
-def test_every_family_runs_distributed_and_is_tracked_like_maml(ray_local, tracking, tmp_path, config):
-    cfg = load(config, [*small(config), f"data.cache_dir={tmp_path / 'cache'}"])
+def test_every_family_runs_distributed_and_is_tracked_like_maml(ray_local, tracking, cache_dir, config):
+    cfg = load(config, [*small(config), f"data.cache_dir={cache_dir}"])
     parent = mlflow.get_run(run(cfg, tracking))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["algorithm"] == cfg["algorithm"]["name"]
     assert {"eval_pre_adapt_loss", "eval_post_adapt_loss", "eval_post_adapt_loss_ci95"} <= parent.data.metrics.keys()
     assert np.isfinite(parent.data.metrics["eval_post_adapt_loss"])
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ("pointnav", ["algorithm.name=maml"], "only 'maml_rl' runs on 'pointnav'"),
+        ("sinusoid", ["algorithm.name=maml_rl"], "only 'maml_rl' runs on 'pointnav'"),
+        ("sinusoid", ["algorithm.name=protonet"], "'protonet' classifies"),
+        ("imaml", ["algorithm.lam=0"], "'algorithm.lam': expected a positive number"),
+        ("imaml", ["algorithm.cg_steps=0"], "'algorithm.cg_steps': expected a positive integer"),
+        ("pointnav", ["task.horizon=-1"], "'task.horizon': expected a positive integer"),
+    ],
+)
+def test_bad_family_configs_are_refused_with_the_key_named(config, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(config, overrides)

@@ -25,7 +25,7 @@ from tests.conftest import OMNIGLOT
 NAME = "omniglot-served"
 CHAMPION = f"models:/{NAME}@champion"
 TRAIN = [
-    f"data.source={OMNIGLOT}", "data.rotations=false", "model.width=16", "train.steps=150", "train.meta_batch=8",
+    f"data.source={OMNIGLOT}", "data.rotations=false", "model.width=16", "train.steps=100", "train.meta_batch=8", "train.outer_lr=0.003", "task.queries=5",
     "eval.tasks=20", "eval.steps=[1]", "register.metric=eval_post_adapt_acc", "register.greater_is_better=true",
 ]
 
@@ -57,7 +57,7 @@ def test_champion_adapts_to_held_out_alphabets_far_above_chance(champion):
     _, _, tasks = champion
     model = mlflow.pyfunc.load_model(CHAMPION)
     hits = [model.predict(task_request(t))["prediction"].to_numpy() == t.query_y.numpy() for t in tasks]
-    assert np.mean(hits) > 0.5  # chance is 0.2
+    assert np.mean(hits) > 0.5, np.mean(hits)  # chance is 0.2
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import grad
+from torch.utils.checkpoint import checkpoint
 
 from meta_core.models import Params, forward
 from meta_core.tasks import Task
@@ -29,11 +30,14 @@ class Algorithm:
     ``kind`` is ``"regression"`` (MSE) or ``"classification"`` (cross-entropy,
     with accuracy in the metrics). Meta-parameters are the model's weights plus
     whatever else the outer loop learns (Meta-SGD's learning rates, ``lr.*``).
+    ``checkpoint_inner`` recomputes each inner step in the backward pass instead
+    of keeping its activations: less memory, one more forward per step.
     """
 
-    def __init__(self, model: nn.Module, kind: str, inner_steps: int = 1, inner_lr: float = 0.01):
+    def __init__(self, model: nn.Module, kind: str, inner_steps: int = 1, inner_lr: float = 0.01, checkpoint_inner: bool = False):
         self.model, self.kind = model, kind
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
+        self.checkpoint_inner = checkpoint_inner
 
     def init(self, weights: Params) -> Params:
         """Meta-parameters at the start of training, from freshly initialised weights."""
@@ -54,8 +58,16 @@ class Algorithm:
     def loss(self, weights: Params, x, y) -> torch.Tensor:
         return task_loss(self.kind, forward(self.model, weights, x), y)
 
+    def checkpointing(self, weights: Params) -> bool:
+        """Whether this inner loop is being checkpointed: then it is differentiated with plain autograd,
+        as ``torch.func`` transforms refuse the saved-tensor hooks that checkpointing relies on."""
+        return self.checkpoint_inner and torch.is_grad_enabled() and any(w.requires_grad for w in weights.values())
+
     def inner_grad(self, weights: Params, x, y) -> Params:
         fast = self.adapted(weights)
+        if self.checkpointing(weights):
+            grads = torch.autograd.grad(self.loss(weights, x, y), list(fast.values()), create_graph=True)
+            return dict(zip(fast, grads))
         return grad(lambda f: self.loss({**weights, **f}, x, y))(fast)
 
     def inner_step(self, params: Params, weights: Params, x, y) -> Params:
@@ -67,7 +79,10 @@ class Algorithm:
         """Model weights after ``steps`` (default: the trained number of) inner steps on ``(x, y)``."""
         weights = self.weights(params)
         for _ in range(self.inner_steps if steps is None else steps):
-            weights = self.inner_step(params, weights, x, y)
+            if self.checkpointing(weights):
+                weights = checkpoint(self.inner_step, params, weights, x, y, use_reentrant=False)
+            else:
+                weights = self.inner_step(params, weights, x, y)
         return weights
 
     # -- metrics -----------------------------------------------------------------------

@@ -28,4 +28,9 @@ class MAML(Algorithm):
         return loss, {"meta_loss": loss.detach(), **metrics}
 
     def task_grad(self, params: Params, task: Task) -> tuple[Params, dict[str, torch.Tensor]]:
-        return grad(self.query_loss, has_aux=True)(params, task)
+        if not self.checkpoint_inner:
+            return grad(self.query_loss, has_aux=True)(params, task)
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}  # plain autograd: see Algorithm.checkpointing
+        with torch.enable_grad():
+            loss, metrics = self.query_loss(leaves, task)
+            return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())))), metrics

@@ -1,0 +1,62 @@
+"""What every benchmark here shares: the two workloads, median step times, fresh processes, the machine's peak."""
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+
+
+def workload(name: str, width: int = 64, overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """The config and task splits of ``sinusoid`` (MLP, meta-batch 25, 10-shot) or ``omniglot``
+    (5-way 1-shot, conv4, meta-batch 32, 15 queries, 1 inner step, second order) from the prepared shared zips."""
+    from pipelines.config import CONFIG_DIR, load
+
+    if name == "sinusoid":
+        return load(str(CONFIG_DIR / "sinusoid.yaml"), list(overrides)), {"train": None, "test": None}
+    import data
+
+    config = load(str(CONFIG_DIR / "omniglot.yaml"), [f"data.source={OMNIGLOT}", f"model.width={width}", *overrides])
+    return config, data.load_splits(data.prepare(config))
+
+
+def median_seconds(step, steps: int, warmup: int) -> float:
+    """Median wall seconds of ``step(i)`` over ``steps`` calls after ``warmup`` untimed ones."""
+    times = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        step(i)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def in_fresh_process(module: str, spec: dict) -> dict:
+    """``python -m module --measure JSON`` in a new process (clean peak memory); its last stdout line as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--measure", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} {spec}: failed with\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """float32 matmul GFLOP/s with ``threads`` threads: the attainable ceiling for these workloads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = median_seconds(lambda _: a @ b, repeats, 1)
+    torch.set_num_threads(previous)
+    return 2 * size**3 / seconds / 1e9

@@ -1,0 +1,94 @@
+"""Seconds per meta-step, tasks/s, bytes moved and peak memory: baseline vs our pipeline.
+
+Each row is measured in a fresh process. ``baseline`` is benchmarks/baseline.py
+with torch's default threads (all cores); ``loop``/``vmap`` are meta_core's share
+computation in-process on one thread (what one worker does, without Ray);
+``ray`` is the full driver + workers path at ``workers`` workers of one thread
+each, with the workers' automatic loop/vmap choice. Every step includes
+drawing its tasks and the Adam update.
+
+    .venv/bin/python -m benchmarks.throughput --measure '{"workload": "sinusoid", "mode": "ray", "workers": 2}'
+"""
+
+import argparse
+import json
+
+import torch
+
+from benchmarks.common import median_seconds, peak_rss_mib, workload
+
+DEFAULTS = {"workers": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu"}
+
+
+def task_gflop(baseline, task) -> float:
+    """GFLOP of one task's second-order meta-gradient (forward, inner backward, outer double backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        baseline.meta_gradient([task])
+    return counter.get_total_flops() / 1e9
+
+
+def measure(spec: dict) -> dict:
+    """One row: median step seconds, peak RSS of the busiest process, bytes crossing processes per step."""
+    from benchmarks.baseline import BaselineMAML
+    from cluster.driver import Driver, connect
+    from meta_core.build import build_learner, build_source
+    from meta_core.flat import flatten, layout_of
+    from meta_core.models import init_params
+    from meta_core.outer import make_optimizer
+    from meta_core.step import draw, share_gradient
+    from meta_core.tasks import TRAIN
+
+    spec = {**DEFAULTS, **spec}
+    config, splits = workload(spec["workload"], spec["width"])
+    config["cluster"].update(workers=spec["workers"], num_gpus=1 if spec["device"] == "cuda" else 0)
+    train, seed = config["train"], config["seed"]
+    torch.set_num_threads(spec["threads"] or torch.get_num_threads())
+    algo = build_learner(config)
+    params = algo.init(init_params(algo.model, seed))
+    flat, layout = flatten(params).clone(), layout_of(params)
+    source = build_source(config, splits["train"])
+    tasks = range(train["meta_batch"])
+    result = {"bytes": 0, "worker_mib": 0.0}
+    if spec["mode"] == "baseline":
+        device = torch.device(spec["device"])
+        weights = [w.to(device) for w in params.values()]
+        baseline = BaselineMAML(config["model"]["name"], weights, config["algorithm"]["inner_lr"], algo.inner_steps, train["outer_lr"])
+        result["task_gflop"] = task_gflop(baseline, draw(source, seed, TRAIN, 0, [0], device)[0])
+        step = lambda i: baseline.step(draw(source, seed, TRAIN, i, tasks, device))  # noqa: E731
+    elif spec["mode"] in ("loop", "vmap"):
+        optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
+
+        def step(i: int) -> None:
+            grad, _ = share_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap")
+            flat.grad = torch.from_numpy(grad / train["meta_batch"]).float()
+            optimizer.step()
+    else:
+        import ray
+
+        connect(None)
+        driver = Driver(config, splits, layout)
+        optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
+
+        def step(i: int) -> None:
+            grad, _ = driver.gradient(flat.detach().numpy(), i)
+            flat.grad = torch.from_numpy(grad).float()
+            optimizer.step()
+
+        # parameters to each worker (float32), one float32 gradient back from each
+        result["bytes"] = 2 * 4 * flat.numel() * spec["workers"]
+    result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"])
+    if spec["mode"] == "ray":
+        rss = [w.__ray_call__.remote(lambda worker: peak_rss_mib()) for w in driver.workers]
+        result["worker_mib"] = max(ray.get(rss))
+        driver.shutdown()
+        ray.shutdown()
+    result["driver_mib"] = peak_rss_mib()
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", required=True, help="a JSON row spec: workload, mode, and any of " + ", ".join(DEFAULTS))
+    print(json.dumps(measure(json.loads(parser.parse_args().measure))))

@@ -1,0 +1,102 @@
+"""The fast paths compute what the plain ones do: vmap vs loop, checkpointed vs plain inner loop,
+all-reduce vs driver aggregation, and the benchmark's baseline vs meta_core."""
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.baseline import BaselineMAML
+from cluster.allreduce import AllreduceDriver, make_driver
+from cluster.driver import Driver
+from meta_core.algorithms import build_algorithm
+from meta_core.build import build_learner
+from meta_core.flat import flatten, layout_of
+from meta_core.models import build_model, init_params
+from meta_core.step import draw, share_gradient
+from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
+from pipelines.config import CONFIG_DIR, load
+
+IMAGES = np.random.default_rng(0).random((12, 6, 28, 28), dtype=np.float32)
+
+
+def setup(network: str, algorithm: str = "maml", inner_steps: int = 1, **options):
+    """An algorithm, its source of tasks and its initial flat parameters, for a small model."""
+    if network == "mlp":
+        model, kind, source = build_model("mlp"), "regression", SinusoidTasks(5, 5)
+    else:
+        model, kind, source = build_model("conv4", ways=3, width=8), "classification", ClassificationTasks(IMAGES, 3, 1, 2)
+    algo = build_algorithm(algorithm, model, kind, inner_steps=inner_steps, inner_lr=0.1, **options)
+    params = algo.init(init_params(model, 0))
+    return algo, source, params
+
+
+def meta_gradient(algo, source, params, vectorize: bool, tasks: int = 4) -> np.ndarray:
+    total, _ = share_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(tasks), vectorize)
+    return total
+
+
+@pytest.mark.parametrize("network", ["mlp", "conv4"])
+def test_vmap_and_loop_give_the_same_meta_gradient(network):
+    algo, source, params = setup(network, inner_steps=2)
+    batched, looped = meta_gradient(algo, source, params, True), meta_gradient(algo, source, params, False)
+    assert np.abs(looped).max() > 0
+    np.testing.assert_allclose(batched, looped, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm have near-zero gradients
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "anil"])
+def test_checkpointed_inner_loop_equals_the_plain_one(algorithm):
+    _, source, params = setup("conv4", algorithm, inner_steps=3)
+    plain = meta_gradient(setup("conv4", algorithm, inner_steps=3)[0], source, params, False)
+    checkpointed_algo = setup("conv4", algorithm, inner_steps=3, checkpoint_inner=True)[0]
+    checkpointed = meta_gradient(checkpointed_algo, source, params, True)  # vectorize is ignored: runs task by task
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(checkpointed, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_inner_is_read_from_the_config():
+    config = load(str(CONFIG_DIR / "sinusoid.yaml"), ["algorithm.checkpoint_inner=true"])
+    assert build_learner(config).checkpoint_inner
+    assert not build_learner(load(str(CONFIG_DIR / "sinusoid.yaml"), [])).checkpoint_inner
+
+
+@pytest.mark.parametrize("network,first_order", [("mlp", False), ("conv4", False), ("conv4", True)])
+def test_baseline_meta_gradient_equals_meta_core(network, first_order):
+    algo, source, params = setup(network, "fomaml" if first_order else "maml", inner_steps=2)
+    ours = meta_gradient(algo, source, params, False) / 4
+    baseline = BaselineMAML(network, list(params.values()), 0.1, 2, 1e-3, first_order)
+    baseline.meta_gradient(draw(source, 0, TRAIN, 3, range(4)))
+    theirs = torch.cat([w.grad.reshape(-1) for w in baseline.weights]).numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm have near-zero gradients
+
+
+def sinusoid_config(**cluster):
+    config = load(str(CONFIG_DIR / "sinusoid.yaml"), ["train.meta_batch=6", "cluster.workers=2"])
+    config["cluster"].update(cluster)
+    return config
+
+
+def test_allreduce_needs_a_task_per_worker():
+    config = sinusoid_config(aggregation="allreduce", workers=8)
+    with pytest.raises(ValueError, match=r"train.meta_batch \(6\) >= cluster.workers \(8\)"):
+        make_driver(config, {"train": None, "test": None}, [])
+
+
+@pytest.mark.slow
+def test_allreduce_path_equals_the_driver_path(ray_local):
+    config = sinusoid_config()
+    algo = build_learner(config)
+    params = algo.init(init_params(algo.model, 0))
+    flat, splits = flatten(params).numpy(), {"train": None, "test": None}
+    results = {}
+    for aggregation in ("driver", "allreduce"):
+        config["cluster"]["aggregation"] = aggregation
+        driver = make_driver(config, splits, layout_of(params))
+        try:
+            assert isinstance(driver, AllreduceDriver) == (aggregation == "allreduce") and isinstance(driver, Driver)
+            results[aggregation] = [driver.gradient(flat, step) for step in (0, 1)]
+        finally:
+            driver.shutdown()
+    for (grad, metrics), (reduced, reduced_metrics) in zip(results["driver"], results["allreduce"]):
+        np.testing.assert_allclose(reduced, grad, rtol=1e-5, atol=1e-7)
+        assert reduced_metrics == pytest.approx(metrics)
+    assert not np.allclose(results["driver"][0][0], results["driver"][1][0])  # different steps, different tasks
