@@ -1,6 +1,6 @@
 """Ray's overhead per meta-step: Driver.gradient against share_gradient over the whole meta-batch in one process.
 
-    .venv/bin/python benchmarks/ray_overhead.py [--repeats 5] [--set train.meta_batch=16 ...]
+    PYTHONPATH=. .venv/bin/python benchmarks/ray_overhead.py [--repeats 5] [--set model.width=8 ...]
 
 Prints, per config and worker count, the median step time of each path (after one warm-up
 step) and their ratio. Both paths compute the same gradient from the same tasks.

@@ -41,8 +41,7 @@ def measure(spec: dict) -> dict:
     from meta_core.tasks import TRAIN
 
     spec = {**DEFAULTS, **spec}
-    config, splits = workload(spec["workload"], spec["width"])
-    config["cluster"].update(workers=spec["workers"], num_gpus=1 if spec["device"] == "cuda" else 0)
+    config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"])
     train, seed = config["train"], config["seed"]
     torch.set_num_threads(spec["threads"] or torch.get_num_threads())
     algo = build_learner(config)

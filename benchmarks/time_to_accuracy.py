@@ -32,8 +32,7 @@ def measure(spec: dict) -> dict:
     from meta_core.tasks import EVAL, TRAIN
 
     spec = {**DEFAULTS, **spec}
-    config, splits = workload("omniglot", spec["width"])
-    config["cluster"].update(workers=spec["workers"], num_gpus=1 if spec["device"] == "cuda" else 0)
+    config, splits = workload("omniglot", spec["width"], spec["workers"], spec["device"])
     train, seed = config["train"], config["seed"]
     algo = build_learner(config)
     params = algo.init(init_params(algo.model, seed))

@@ -50,10 +50,10 @@ def cmd_episodes(args) -> None:
     print(report(score_episodes(args.model_uri, args.folder, args.tracking_uri)))
 
 
-def cmd_submit(args) -> None:
+def cmd_submit(args) -> int:
     from cluster.submit import submit
 
-    raise SystemExit(submit(args.config, args.overrides, args.address, args.tracking_uri))
+    return submit(args.config, args.overrides, args.address, args.tracking_uri)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -106,11 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: checkpoint written, runs marked KILLED", file=sys.stderr)
         return 130
-    return 0
