@@ -25,7 +25,9 @@ from meta_core.models import init_params
 from pipelines import tracking
 from pipelines.artifacts import load_trained, log_trained
 from pipelines.config import GENERATED, ConfigError, digest
+from pipelines.plots import log_plots
 from pipelines.stages.evaluate import evaluate
+from pipelines.stages.register import register_stage
 from pipelines.stages.train import train
 
 
@@ -59,7 +61,7 @@ class Context:
             self._driver.shutdown()
 
 
-def prepare_stage(ctx: Context, run) -> dict:
+def prepare_body(ctx: Context, run) -> dict:
     if ctx.config["data"]["name"] in GENERATED:
         return {"dataset": None}
     from pipelines.stages.prepare import prepare_stage as prepare
@@ -67,7 +69,7 @@ def prepare_stage(ctx: Context, run) -> dict:
     return prepare(ctx.config)
 
 
-def train_stage(ctx: Context, run) -> dict:
+def train_body(ctx: Context, run) -> dict:
     params = ctx.fresh_params()
     layout, flat = layout_of(params), flatten(params).clone()
     summary = train(ctx.config, ctx.driver(), flat, run.info.run_id, run.data.tags["stage_key"])
@@ -75,11 +77,16 @@ def train_stage(ctx: Context, run) -> dict:
     return {"run_id": run.info.run_id, "summary": summary}
 
 
-def evaluate_stage(ctx: Context, run) -> dict:
+def evaluate_body(ctx: Context, run) -> dict:
     _, _, params = load_trained(ctx.outputs["train"]["run_id"])
     metrics, table = evaluate(ctx.config, ctx.driver(), flatten(params))
     mlflow.log_table(table, "evaluation.json")
+    log_plots(ctx.outputs["train"]["run_id"], table)
     return {"run_id": run.info.run_id, "summary": metrics}
+
+
+def register_body(ctx: Context, run) -> dict:
+    return register_stage(ctx.config, ctx.outputs["train"]["run_id"], ctx.outputs["evaluate"]["summary"])
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,10 @@ class Stage:
 
 
 STAGES = [
-    Stage("prepare", ("seed", "data", "task"), (), prepare_stage, lambda out: out["dataset"] is None or Path(out["dataset"]).is_dir()),
-    Stage("train", ("seed", "task", "model", "algorithm", "train", "cluster"), ("prepare",), train_stage),
-    Stage("evaluate", ("seed", "task", "eval"), ("prepare", "train"), evaluate_stage),
+    Stage("prepare", ("seed", "data", "task"), (), prepare_body, lambda out: out["dataset"] is None or Path(out["dataset"]).is_dir()),
+    Stage("train", ("seed", "task", "model", "algorithm", "train", "cluster"), ("prepare",), train_body),
+    Stage("evaluate", ("seed", "task", "eval"), ("prepare", "train"), evaluate_body),
+    Stage("register", ("register",), ("train", "evaluate"), register_body),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -169,7 +177,7 @@ def run(config: dict, tracking_uri: str | None = None, force: tuple[str, ...] = 
         start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline"}}
     ctx = Context(config)
     try:
-        with stage_run(**start) as parent:
+        with stage_run(**start, log_system_metrics=True) as parent:
             if "run_id" not in start:
                 tracking.log_config(config)
             for stage in STAGES:

@@ -7,6 +7,7 @@ from matplotlib.figure import Figure  # the object API: no pyplot state, no disp
 from mlflow.tracking import MlflowClient
 
 PHASES = ("pre_adapt", "post_adapt")
+NAMES = {"loss": "loss", "acc": "accuracy"}
 
 
 def smoothed(values: np.ndarray) -> np.ndarray:
@@ -27,7 +28,7 @@ def learning_curve(train_run_id: str) -> Figure:
             steps, values = np.array(history).T
             (line,) = ax.plot(steps, values, alpha=0.25)
             ax.plot(steps[len(steps) - len(smoothed(values)) :], smoothed(values), color=line.get_color(), label=phase.replace("_", " "))
-        ax.set(xlabel="meta-step", ylabel=f"training query {metric}", title=f"learning curve: {metric}")
+        ax.set(xlabel="meta-step", ylabel=f"training query {NAMES[metric]}", title=f"learning curve: {NAMES[metric]}")
         ax.legend()
     return figure
 
@@ -38,7 +39,7 @@ def adaptation_curve(eval_table: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(5, 3.5), layout="constrained")
     ax = figure.subplots()
     ax.errorbar(eval_table["adapt_steps"], eval_table[metric], yerr=eval_table[f"{metric}_ci95"], marker="o", capsize=3)
-    ax.set(xlabel="adaptation steps", ylabel=f"held-out query {metric}", title=f"{metric} vs adaptation steps")
+    ax.set(xlabel="adaptation steps", ylabel=f"held-out query {NAMES[metric]}", title=f"{NAMES[metric]} vs adaptation steps")
     return figure
 
 

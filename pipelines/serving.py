@@ -12,7 +12,8 @@ A request is one task, one row per example:
 
 The answer has one row per query, in request order: ``prediction`` (class id
 or value) and, for classification, ``probabilities`` over the ways.
-``adapt_steps`` (a predict-time param) defaults to the trained inner steps.
+``adapt_steps`` (a predict-time param) defaults to the trained inner steps;
+learners that adapt by conditioning on the support set (ProtoNet...) ignore it.
 """
 
 import mlflow

@@ -43,7 +43,7 @@ def test_every_algorithm_runs_distributed_and_is_tracked(ray_local, tracking, al
     assert parent.data.tags["algorithm"] == algorithm
     assert {"eval_pre_adapt_loss", "eval_post_adapt_loss", "eval_post_adapt_loss_ci95"} <= parent.data.metrics.keys()
     stages = {r.data.tags["stage"]: r for r in child_runs(run_id)}
-    assert set(stages) == {"prepare", "train", "evaluate"}
+    assert set(stages) == {"prepare", "train", "evaluate", "register"}
     history = MlflowClient().get_metric_history(stages["train"].info.run_id, "meta_loss")
     assert [m.step for m in history] == list(range(6))
     assert {"tasks_per_s", "step_s", "pre_adapt_loss", "post_adapt_loss"} <= stages["train"].data.metrics.keys()

@@ -46,7 +46,7 @@ def sinusoid_request(seed: int):
 def test_champion_loads_from_the_registry_and_adapts_like_the_learner(trained):
     config, train_run_id, metrics = trained
     out = register(config, train_run_id, metrics, "sine-champion")
-    assert out == {"model_name": "sine-champion", "version": 1, "alias": "champion", "champion_version": 1}
+    assert out.items() >= {"model_name": "sine-champion", "version": 1, "alias": "champion", "champion_version": 1}.items()
     model = mlflow.pyfunc.load_model("models:/sine-champion@champion")
     assert model.metadata.signature.params.to_dict()[0]["default"] == 2  # the trained inner steps
     _, algo, params = load_trained(train_run_id)

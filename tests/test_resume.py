@@ -66,7 +66,7 @@ def test_sigkilled_driver_resumes_to_the_uninterrupted_parameters(ray_local, tra
     assert parent.info.status == "FINISHED"
     assert len(pipeline_runs()) == 1
     stages = [r.data.tags["stage"] for r in child_runs(parent.info.run_id)]
-    assert sorted(stages) == ["evaluate", "prepare", "train"]  # the same stage runs, continued: no duplicates
+    assert sorted(stages) == ["evaluate", "prepare", "register", "train"]  # the same stage runs, continued: no duplicates
     result = trained_params(parent.info.run_id)
     for k in reference:
         torch.testing.assert_close(result[k], reference[k], rtol=0, atol=1e-6)
@@ -85,13 +85,13 @@ def test_rerun_with_unchanged_config_does_nothing_and_changed_eval_reuses_prepar
     assert second != first
     out = capsys.readouterr().out
     assert "prepare: unchanged" in out and "train: unchanged" in out
-    assert [r.data.tags["stage"] for r in child_runs(second)] == ["evaluate"]
+    assert sorted(r.data.tags["stage"] for r in child_runs(second)) == ["evaluate", "register"]
     a, b = mlflow.get_run(first), mlflow.get_run(second)
     assert a.data.tags["train_run_id"] == b.data.tags["train_run_id"]
     assert a.data.metrics["eval_post_adapt_loss"] != b.data.metrics["eval_post_adapt_loss"]  # evaluated again, on 6 tasks
 
     forced = run(load("sinusoid", [*fast, "eval.tasks=6"]), tracking, force=("train",))
-    assert sorted(r.data.tags["stage"] for r in child_runs(forced)) == ["evaluate", "train"]
+    assert sorted(r.data.tags["stage"] for r in child_runs(forced)) == ["evaluate", "register", "train"]
 
 
 @pytest.mark.slow

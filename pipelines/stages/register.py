@@ -80,4 +80,5 @@ def register_stage(config: dict, train_run_id: str, eval_metrics: dict[str, floa
     champion_version = int(number if crowned else holder.version)
     mlflow.set_tags({"registered_model": name, "model_version": str(number), f"{alias}_version": str(champion_version)})
     print(f"registered {name} version {number} ({metric}={value:.4f}); {alias}: version {champion_version}")
-    return {"model_name": name, "version": int(number), "alias": alias, "champion_version": champion_version}
+    outputs = {"model_name": name, "version": int(number), "alias": alias, "champion_version": champion_version}
+    return {"run_id": mlflow.active_run().info.run_id, **outputs}
