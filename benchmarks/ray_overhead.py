@@ -38,6 +38,7 @@ def measure(name: str, overrides: list[str], repeats: int) -> list[tuple]:
     if config["data"]["name"] != "sinusoid":
         splits = data.load_splits(data.prepare(config))
     algo = build_learner(config)
+    algo.track_pre_adapt = False  # as workers do on all but every train.pre_adapt_every-th step
     params = algo.init(init_params(algo.model, config["seed"]))
     layout, flat = layout_of(params), flatten(params).detach()
     vectorize = config["model"]["name"] == "mlp" if config["train"]["vectorize"] == "auto" else config["train"]["vectorize"]

@@ -45,6 +45,7 @@ def measure(spec: dict) -> dict:
     train, seed = config["train"], config["seed"]
     torch.set_num_threads(spec["threads"] or torch.get_num_threads())
     algo = build_learner(config)
+    algo.track_pre_adapt = False  # as workers do on all but every train.pre_adapt_every-th step; the baseline has none
     params = algo.init(init_params(algo.model, seed))
     flat, layout = flatten(params).clone(), layout_of(params)
     source = build_source(config, splits["train"])

@@ -27,6 +27,7 @@ class MetaWorker:
         self.algo.model.to(self.device)
         self.sources = {name: build_source(config, images) for name, images in splits.items()}
         self.seed, self.layout = config["seed"], layout
+        self.pre_adapt_every = config["train"]["pre_adapt_every"]
         vectorize = config["train"]["vectorize"]
         self.vectorize = (config["model"]["name"] == "mlp" or use_gpu) if vectorize == "auto" else vectorize
 
@@ -35,6 +36,7 @@ class MetaWorker:
 
     def meta_gradient(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
         """Summed meta-gradient of this share as float32 (accumulated in float64), and summed metrics."""
+        self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
         total, sums = share_gradient(
             self.algo, self.sources["train"], self.params(flat), self.layout, self.seed, step, indices, self.vectorize
         )

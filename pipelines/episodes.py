@@ -14,7 +14,6 @@ import torch
 
 from data.omniglot import decode
 from data.sources import DataError
-from meta_core.models import forward
 from meta_core.tasks import Task
 from pipelines import tracking
 from pipelines.artifacts import load_trained, read_trained
@@ -75,9 +74,7 @@ def score_episodes(model_uri: str, folder: str | Path, tracking_uri: str | None 
             raise DataError(f"{root / run / 'training'}: {len(task.support_y)} classes, but the model was trained for {ways} ways")
     accuracy = {}
     for run, task in episodes.items():
-        adapted = algo.adapt(params, task.support_x, task.support_y)
-        with torch.no_grad():
-            predicted = forward(algo.model, adapted, task.query_x).argmax(-1)
+        predicted = algo.predict(params, task.support_x, task.support_y, task.query_x).argmax(-1)
         accuracy[run] = float((predicted == task.query_y).float().mean())
     accuracy["overall"] = float(np.mean([accuracy[run] for run in runs]))
     mlflow.set_experiment(config["experiment"])

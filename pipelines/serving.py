@@ -27,10 +27,6 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
-from meta_core.algorithms import Algorithm
-from meta_core.algorithms.episodic import EpisodeLearner
-from meta_core.models import Params, forward
-from meta_core.tasks import Task
 from pipelines.artifacts import read_trained
 
 TRAINED = "trained"  # the artifact key of the learner's folder
@@ -44,13 +40,6 @@ def input_shape(config: dict) -> tuple[int, ...]:
     if data["features"]:
         return (len(data["features"]),)
     return (data["image_size"], data["image_size"])
-
-
-def query_outputs(algo: Algorithm, params: Params, support_x, support_y, query_x, steps: int) -> torch.Tensor:
-    """The model's outputs for the queries once it has seen the labelled support set."""
-    if isinstance(algo, EpisodeLearner):  # adapts by conditioning on the support set: no steps to take
-        return algo.logits(params, Task(support_x, support_y, query_x, torch.zeros(len(query_x), dtype=torch.long)))
-    return forward(algo.model, algo.adapt(params, support_x, support_y, steps), query_x)
 
 
 def signature(config: dict, kind: str) -> ModelSignature:
@@ -81,7 +70,7 @@ class FewShotModel(PythonModel):
         steps = int((params or {}).get("adapt_steps", self.algo.inner_steps))
         if steps < 0:
             raise bad_request(f"adapt_steps: expected a non-negative integer, got {steps}")
-        out = query_outputs(self.algo, self.params, *self.tensors(model_input), steps).detach()
+        out = self.algo.predict(self.params, *self.tensors(model_input), steps).detach()
         if self.algo.kind == "regression":
             return pd.DataFrame({"prediction": out.squeeze(-1).double().numpy()})
         probabilities = out.softmax(-1).double().numpy()

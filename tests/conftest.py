@@ -34,5 +34,10 @@ def ray_local(ray_session):
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store; artifacts land under tmp_path too (the working directory)."""
+    import mlflow
+
     monkeypatch.chdir(tmp_path)
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("tests")  # forget the experiment an earlier test made active in another store
+    return uri

@@ -36,7 +36,7 @@ def test_final_parameters_do_not_depend_on_the_number_of_workers(ray_local, trac
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "anil", "reptile"])
 def test_every_algorithm_runs_distributed_and_is_tracked(ray_local, tracking, algorithm):
-    run_id = run(load("sinusoid", [*FAST, f"algorithm.name={algorithm}"]), tracking)
+    run_id = run(load("sinusoid", [*FAST, f"algorithm.name={algorithm}", "train.pre_adapt_every=5"]), tracking)
     parent = mlflow.get_run(run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["algorithm.name"] == algorithm
@@ -47,3 +47,5 @@ def test_every_algorithm_runs_distributed_and_is_tracked(ray_local, tracking, al
     history = MlflowClient().get_metric_history(stages["train"].info.run_id, "meta_loss")
     assert [m.step for m in history] == list(range(6))
     assert {"tasks_per_s", "step_s", "pre_adapt_loss", "post_adapt_loss"} <= stages["train"].data.metrics.keys()
+    pre = MlflowClient().get_metric_history(stages["train"].info.run_id, "pre_adapt_loss")
+    assert [m.step for m in pre] == [0, 5]  # an extra forward pass: taken every train.pre_adapt_every steps

@@ -1,7 +1,8 @@
 """What every algorithm is: a per-task meta-gradient and a test-time adaptation rule.
 
-Everything is a pure function of a parameter dict, written with ``torch.func``
-so that one task's meta-gradient can also be ``vmap``-ed over a stack of tasks.
+Everything is a pure function of a parameter dict, differentiated with
+``meta_core.autodiff.grad`` so that one task's meta-gradient can also be
+``vmap``-ed over a stack of tasks.
 Distribution, checkpoints and tracking only ever call ``init``, ``task_grad``
 and ``adapt``: a new algorithm is one small class and nothing else changes.
 """
@@ -9,7 +10,7 @@ and ``adapt``: a new algorithm is one small class and nothing else changes.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import grad
+from meta_core.autodiff import grad
 from torch.utils.checkpoint import checkpoint
 
 from meta_core.models import Params, forward
@@ -38,6 +39,7 @@ class Algorithm:
         self.model, self.kind = model, kind
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.checkpoint_inner = checkpoint_inner
+        self.track_pre_adapt = True  # see pre_adapt_metrics
 
     def init(self, weights: Params) -> Params:
         """Meta-parameters at the start of training, from freshly initialised weights."""
@@ -59,15 +61,11 @@ class Algorithm:
         return task_loss(self.kind, forward(self.model, weights, x), y)
 
     def checkpointing(self, weights: Params) -> bool:
-        """Whether this inner loop is being checkpointed: then it is differentiated with plain autograd,
-        as ``torch.func`` transforms refuse the saved-tensor hooks that checkpointing relies on."""
+        """Checkpoint only where there is a backward pass to replay into (never under ``vmap``, see step.py)."""
         return self.checkpoint_inner and torch.is_grad_enabled() and any(w.requires_grad for w in weights.values())
 
     def inner_grad(self, weights: Params, x, y) -> Params:
         fast = self.adapted(weights)
-        if self.checkpointing(weights):
-            grads = torch.autograd.grad(self.loss(weights, x, y), list(fast.values()), create_graph=True)
-            return dict(zip(fast, grads))
         return grad(lambda f: self.loss({**weights, **f}, x, y))(fast)
 
     def inner_step(self, params: Params, weights: Params, x, y) -> Params:
@@ -85,14 +83,31 @@ class Algorithm:
                 weights = self.inner_step(params, weights, x, y)
         return weights
 
+    def predict(self, params: Params, support_x, support_y, query_x, steps: int | None = None) -> torch.Tensor:
+        """Outputs for ``query_x`` once the learner has adapted to the labelled support set."""
+        return forward(self.model, self.adapt(params, support_x, support_y, steps), query_x)
+
     # -- metrics -----------------------------------------------------------------------
     def query_metrics(self, weights: Params, task: Task, prefix: str, out=None) -> dict[str, torch.Tensor]:
-        """``<prefix>_loss`` (and ``<prefix>_acc``) on the query set; pass ``out`` to reuse a forward pass."""
-        out = forward(self.model, weights, task.query_x) if out is None else out
+        """``<prefix>_loss`` (and ``<prefix>_acc``) on the query set; pass ``out`` to reuse a forward pass.
+
+        A fresh forward pass runs without recording a graph: metrics are never differentiated.
+        """
+        if out is None:
+            with torch.no_grad():
+                out = forward(self.model, weights, task.query_x)
         metrics = {f"{prefix}_loss": task_loss(self.kind, out, task.query_y).detach()}
         if self.kind == "classification":
             metrics[f"{prefix}_acc"] = accuracy(out, task.query_y)
         return metrics
+
+    def pre_adapt_metrics(self, params: Params, task: Task) -> dict[str, torch.Tensor]:
+        """Query metrics of the meta-parameters before adaptation, while ``track_pre_adapt`` is on.
+
+        They cost one more forward pass over the query set, a third of a conv
+        net's meta-step, so workers turn them on only every few steps.
+        """
+        return self.query_metrics(self.weights(params), task, "pre_adapt") if self.track_pre_adapt else {}
 
     def evaluate(self, params: Params, task: Task, steps: list[int]) -> dict[str, torch.Tensor]:
         """Query metrics before adaptation (``steps0_*``) and after each count in ``steps``."""

@@ -2,7 +2,7 @@
 
 import torch
 from torch import nn
-from torch.func import grad
+from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm, task_loss
 from meta_core.models import Params
@@ -30,6 +30,11 @@ class EpisodeLearner(Algorithm):
     def logits(self, params: Params, task: Task) -> torch.Tensor:
         """``(queries, ways)`` logits for the query set given the labelled support set."""
         raise NotImplementedError
+
+    def predict(self, params: Params, support_x, support_y, query_x, steps: int | None = None) -> torch.Tensor:
+        """Seeing the support set is the adaptation: ``steps`` has nothing to change."""
+        unlabelled = torch.zeros(len(query_x), dtype=torch.long, device=query_x.device)
+        return self.logits(params, Task(support_x, support_y, query_x, unlabelled))
 
     def episode_loss(self, params: Params, task: Task):
         out = self.logits(params, task)

@@ -9,7 +9,7 @@ whatever ``inner_steps`` is, where MAML's grows with every step it unrolls.
 """
 
 import torch
-from torch.func import grad
+from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm, task_loss
 from meta_core.models import Params, forward
@@ -76,5 +76,5 @@ class IMAML(Algorithm):
             return add(v, grad(lambda w: dot(support_grad(w), v))(phi), 1.0 / self.lam)
 
         meta_grad = conjugate_gradient(matvec, query_grad, self.cg_steps)
-        metrics = {**self.query_metrics(theta, task, "pre_adapt"), **self.query_metrics(phi, task, "post_adapt", out)}
+        metrics = {**self.pre_adapt_metrics(theta, task), **self.query_metrics(phi, task, "post_adapt", out)}
         return meta_grad, {"meta_loss": metrics["post_adapt_loss"], **metrics}

@@ -1,7 +1,7 @@
 """MAML (Finn et al., 2017): differentiate the query loss through the inner loop."""
 
 import torch
-from torch.func import grad
+from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm, task_loss
 from meta_core.models import Params, forward
@@ -24,13 +24,8 @@ class MAML(Algorithm):
         adapted = self.adapt(params, task.support_x, task.support_y)
         out = forward(self.model, adapted, task.query_x)
         loss = task_loss(self.kind, out, task.query_y)
-        metrics = {**self.query_metrics(self.weights(params), task, "pre_adapt"), **self.query_metrics(adapted, task, "post_adapt", out)}
+        metrics = {**self.pre_adapt_metrics(params, task), **self.query_metrics(adapted, task, "post_adapt", out)}
         return loss, {"meta_loss": loss.detach(), **metrics}
 
     def task_grad(self, params: Params, task: Task) -> tuple[Params, dict[str, torch.Tensor]]:
-        if not self.checkpoint_inner:
-            return grad(self.query_loss, has_aux=True)(params, task)
-        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}  # plain autograd: see Algorithm.checkpointing
-        with torch.enable_grad():
-            loss, metrics = self.query_loss(leaves, task)
-            return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())))), metrics
+        return grad(self.query_loss, has_aux=True)(params, task)

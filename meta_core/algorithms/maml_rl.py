@@ -9,7 +9,7 @@ policy gradient on every goal jointly: the pretrained baseline of the paper.
 from collections.abc import Iterator
 
 import torch
-from torch.func import grad
+from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm
 from meta_core.models import Params

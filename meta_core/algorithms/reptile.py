@@ -12,6 +12,6 @@ class Reptile(Algorithm):
 
     def task_grad(self, params: Params, task: Task) -> tuple[Params, dict[str, torch.Tensor]]:
         adapted = self.adapt(params, task.support_x, task.support_y)
-        metrics = {**self.query_metrics(params, task, "pre_adapt"), **self.query_metrics(adapted, task, "post_adapt")}
+        metrics = {**self.pre_adapt_metrics(params, task), **self.query_metrics(adapted, task, "post_adapt")}
         metrics["meta_loss"] = metrics["post_adapt_loss"]
         return {k: params[k] - adapted[k] for k in params}, metrics
