@@ -22,7 +22,6 @@ from ray.util import collective
 from cluster.driver import MAX_ATTEMPTS, Driver, split
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout
-from meta_core.step import share_gradient
 
 
 @ray.remote
@@ -36,9 +35,7 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
 
     def reduced_gradient(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray | None, dict[str, float]]:
         """The group's summed meta-gradient (float32, rank 0 only; None elsewhere), and this share's summed metrics."""
-        total, sums = share_gradient(
-            self.algo, self.sources["train"], self.params(flat), self.layout, self.seed, step, indices, self.vectorize
-        )
+        total, sums = self.share(flat, step, indices)
         summed = torch.from_numpy(total.astype(np.float32)).to(self.device)
         collective.allreduce(summed, group_name=self.group)
         return (summed.cpu().numpy() if self.rank == 0 else None), sums
@@ -48,9 +45,6 @@ class AllreduceDriver(Driver):
     """A Driver whose workers sum the meta-gradient among themselves."""
 
     def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):
-        workers, meta_batch = config["cluster"]["workers"], config["train"]["meta_batch"]
-        if meta_batch < workers:
-            raise ValueError(f"cluster.aggregation: allreduce needs train.meta_batch ({meta_batch}) >= cluster.workers ({workers})")
         super().__init__(config, splits, layout, worker_cls=AllreduceWorker)
         group = f"meta-{uuid.uuid4().hex[:8]}"
         ray.get([w.join.remote(len(self.workers), rank, group) for rank, w in enumerate(self.workers)], timeout=self.timeout)

@@ -34,12 +34,14 @@ class MetaWorker:
     def params(self, flat: np.ndarray) -> torch.Tensor:
         return torch.tensor(flat, device=self.device)  # a copy: object-store arrays are read-only
 
+    def share(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+        """Summed meta-gradient (float64) and metrics of this share; pre-adaptation metrics every few steps."""
+        self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
+        return share_gradient(self.algo, self.sources["train"], self.params(flat), self.layout, self.seed, step, indices, self.vectorize)
+
     def meta_gradient(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
         """Summed meta-gradient of this share as float32 (accumulated in float64), and summed metrics."""
-        self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
-        total, sums = share_gradient(
-            self.algo, self.sources["train"], self.params(flat), self.layout, self.seed, step, indices, self.vectorize
-        )
+        total, sums = self.share(flat, step, indices)
         return total.astype(np.float32), sums
 
     def evaluate(self, flat: np.ndarray, stream: int, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:

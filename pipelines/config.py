@@ -22,6 +22,8 @@ CHOICES = {
     "algorithm.name": ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml", "protonet", "matchingnet", "mann", "maml_rl"],
     "train.optimizer": ["adam", "sgd"],
     "train.vectorize": ["auto", True, False],
+    "algorithm.checkpoint_inner": [True, False],
+    "cluster.aggregation": ["driver", "allreduce"],
     "register.greater_is_better": [True, False],
 }
 POSITIVE_INT = {"task.ways", "task.shots", "task.queries", "model.width", "train.steps", "train.meta_batch", "eval.tasks", "cluster.workers", "train.checkpoint_every", "train.pre_adapt_every", "data.image_size", "task.horizon", "algorithm.cg_steps", "algorithm.controller_size", "algorithm.memory_slots", "algorithm.memory_width"}
@@ -147,6 +149,11 @@ def validate(config: dict) -> None:
     source = flat["data.source"]
     if source is not None and not (isinstance(source, str) or (isinstance(source, list) and all(isinstance(s, str) for s in source))):
         raise ConfigError(f"config key 'data.source': expected a path or a list of paths, got {source!r}")
+    if flat["cluster.aggregation"] == "allreduce" and flat["train.meta_batch"] < flat["cluster.workers"]:
+        raise ConfigError(
+            f"config key 'cluster.aggregation': allreduce needs a task per worker, "
+            f"train.meta_batch ({flat['train.meta_batch']}) >= cluster.workers ({flat['cluster.workers']})"
+        )
     validate_data(flat)
     validate_register(flat)
     data, model = flat["data.name"], flat["model.name"]

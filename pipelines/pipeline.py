@@ -18,6 +18,7 @@ import mlflow
 import yaml
 from mlflow.entities import Run
 
+from cluster.allreduce import make_driver
 from cluster.driver import Driver, connect
 from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of, unflatten
@@ -53,7 +54,7 @@ class Context:
     def driver(self) -> Driver:
         if self._driver is None:
             connect(self.config["cluster"]["address"])
-            self._driver = Driver(self.config, load_splits(self.outputs["prepare"]), layout_of(self.fresh_params()))
+            self._driver = make_driver(self.config, load_splits(self.outputs["prepare"]), layout_of(self.fresh_params()))
         return self._driver
 
     def close(self) -> None:

@@ -27,6 +27,8 @@ def test_defaults_and_overrides():
         ("eval.steps=[0]", "eval.steps"),
         ("train=3", "train"),
         ("seed=true", "seed"),
+        ("cluster.aggregation=ring", "cluster.aggregation"),
+        ("algorithm.checkpoint_inner=maybe", "algorithm.checkpoint_inner"),
     ],
 )
 def test_bad_values_name_their_key(override, key):

@@ -14,7 +14,7 @@ from meta_core.flat import flatten, layout_of
 from meta_core.models import build_model, init_params
 from meta_core.step import draw, share_gradient
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
-from pipelines.config import CONFIG_DIR, load
+from pipelines.config import CONFIG_DIR, ConfigError, load
 
 IMAGES = np.random.default_rng(0).random((12, 6, 28, 28), dtype=np.float32)
 
@@ -76,9 +76,8 @@ def sinusoid_config(**cluster):
 
 
 def test_allreduce_needs_a_task_per_worker():
-    config = sinusoid_config(aggregation="allreduce", workers=8)
-    with pytest.raises(ValueError, match=r"train.meta_batch \(6\) >= cluster.workers \(8\)"):
-        make_driver(config, {"train": None, "test": None}, [])
+    with pytest.raises(ConfigError, match=r"'cluster.aggregation'.*train.meta_batch \(6\) >= cluster.workers \(8\)"):
+        load(str(CONFIG_DIR / "sinusoid.yaml"), ["train.meta_batch=6", "cluster.workers=8", "cluster.aggregation=allreduce"])
 
 
 @pytest.mark.slow
