@@ -71,11 +71,7 @@ def measure(spec: dict) -> dict:
         driver = Driver(config, splits, layout)
         optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
 
-        def step(i: int) -> None:
-            grad, _ = driver.gradient(flat.detach().numpy(), i)
-            flat.grad = torch.from_numpy(grad).float()
-            optimizer.step()
-
+        step = lambda i: driver.step(flat, optimizer, i)  # noqa: E731
         # parameters to each worker (float32), one float32 gradient back from each
         result["bytes"] = 2 * 4 * flat.numel() * spec["workers"]
     result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"])

@@ -48,11 +48,7 @@ def measure(spec: dict) -> dict:
         driver = Driver(config, splits, layout)
         optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
 
-        def step(i: int) -> None:
-            grad, _ = driver.gradient(flat.detach().numpy(), i)
-            flat.grad = torch.from_numpy(grad).float()
-            optimizer.step()
-
+        step = lambda i: driver.step(flat, optimizer, i)  # noqa: E731
         current = lambda: flat.detach()  # noqa: E731
     trained, curve, reached = 0.0, [], None
     for i in range(1_000_000):

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import ray
+import torch
 from ray.exceptions import RayError, RayTaskError
 
 from cluster.worker import MetaWorker
@@ -80,6 +81,13 @@ class Driver:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
         return total / self.meta_batch, {k: v / self.meta_batch for k, v in sums.items()}
+
+    def step(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
+        """One meta-step: the meta-batch's mean meta-gradient into ``flat.grad``, then the outer optimizer's step."""
+        grad, metrics = self.gradient(flat.detach().numpy(), step)
+        flat.grad = torch.from_numpy(grad.astype(np.float32))
+        optimizer.step()
+        return metrics
 
     def evaluate(self, flat: np.ndarray, stream: int, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task evaluation metrics for tasks ``0..tasks-1`` of ``stream``, spread over the workers."""

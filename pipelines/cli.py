@@ -63,33 +63,34 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines", description="Distributed meta-learning on Ray, tracked in MLflow.")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    tracking = argparse.ArgumentParser(add_help=False)  # every command takes it, after the command's name
+    tracking.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="prepare, train, evaluate (and register); continues an unfinished run of the same config")
+    run = sub.add_parser("run", parents=[tracking], help="prepare, train, evaluate (and register); continues an unfinished run of the same config")
     add_config_args(run)
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if unchanged")
     run.set_defaults(handler=cmd_run)
 
-    prepare = sub.add_parser("prepare", help="build (or find) the cached Parquet dataset of a config's data section")
+    prepare = sub.add_parser("prepare", parents=[tracking], help="build (or find) the cached Parquet dataset of a config's data section")
     add_config_args(prepare)
     prepare.set_defaults(handler=cmd_prepare)
 
-    episodes = sub.add_parser("episodes", help="accuracy of a trained learner on fixed one-shot episodes (runNN/ folders)")
+    episodes = sub.add_parser("episodes", parents=[tracking], help="accuracy of a trained learner on fixed one-shot episodes (runNN/ folders)")
     episodes.add_argument("model_uri", help="runs:/<run_id> of a train stage run, or a folder with params.pt and config.yaml")
     episodes.add_argument("folder", help="a folder of runNN/training, runNN/test and runNN/class_labels.txt")
     episodes.set_defaults(handler=cmd_episodes)
 
-    submit = sub.add_parser("submit", help="run the pipeline as a job on a Ray cluster; streams its logs, exits with its status")
+    submit = sub.add_parser("submit", parents=[tracking], help="run the pipeline as a job on a Ray cluster; streams its logs, exits with its status")
     add_config_args(submit)
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (through a tunnel)")
     submit.set_defaults(handler=cmd_submit)
 
-    resume = sub.add_parser("resume", help="continue a pipeline run from its last checkpoint")
+    resume = sub.add_parser("resume", parents=[tracking], help="continue a pipeline run from its last checkpoint")
     resume.add_argument("run_id", help="the pipeline's MLflow run id")
     resume.set_defaults(handler=cmd_resume)
 
-    compare = sub.add_parser("compare", help="a table and learning curves of the pipeline runs of experiments")
+    compare = sub.add_parser("compare", parents=[tracking], help="a table and learning curves of the pipeline runs of experiments")
     compare.add_argument("--experiment", action="append", default=[], metavar="NAME", help="experiment (default: all)")
     compare.add_argument("--out", default="comparison", help="folder for comparison.csv and learning_curves.png")
     compare.set_defaults(handler=cmd_compare)

@@ -15,6 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 
 
+def start_local_ray(ray) -> None:
+    """This session's own local Ray (never another one running on the machine), unless it is up already."""
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -26,8 +32,7 @@ def ray_session():
 @pytest.fixture
 def ray_local(ray_session):
     """The session's local Ray; started again if a multi-node test shut it down for its own cluster."""
-    if not ray_session.is_initialized():
-        ray_session.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_ray(ray_session)
     return ray_session
 
 

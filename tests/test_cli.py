@@ -12,7 +12,7 @@ def cli(*args, cwd):
 
 
 def test_bad_config_value_is_one_line_and_nonzero(tmp_path):
-    out = cli("run", "--set", "train.steps=-5", cwd=tmp_path)
+    out = cli("run", "--set", "train.steps=-5", "--tracking-uri", f"sqlite:///{tmp_path / 'runs.db'}", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["error: config key 'train.steps': expected a positive integer, got -5"]
-    assert not (tmp_path / "mlflow.db").exists()
+    assert list(tmp_path.iterdir()) == []  # no store, no checkpoint, nothing half-written

@@ -95,7 +95,7 @@ def test_submitted_job_runs_on_both_nodes_and_is_tracked(cluster, tmp_path):
     url, env = cluster
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines", "--tracking-uri", store, "submit", "sinusoid", "--address", url,
+        [sys.executable, "-m", "pipelines", "submit", "sinusoid", "--tracking-uri", store, "--address", url,
          "--set", "train.steps=4", "--set", "train.meta_batch=4", "--set", "eval.tasks=4", "--set", "cluster.workers=2",
          "--set", "experiment=submitted"],
         cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400,

@@ -13,6 +13,7 @@ from pipelines.config import ConfigError, load
 from pipelines.pipeline import run
 from pipelines.serving import request
 from pipelines.stages.register import register_stage
+from tests.conftest import start_local_ray
 
 FAST = ["train.steps=20", "train.meta_batch=5", "eval.tasks=10", "algorithm.inner_steps=2"]
 
@@ -20,8 +21,7 @@ FAST = ["train.steps=20", "train.meta_batch=5", "eval.tasks=10", "algorithm.inne
 @pytest.fixture(scope="module")
 def trained(ray_session, tmp_path_factory):
     """One short sinusoid pipeline run: its config, train run id and evaluation metrics, in a module-wide store."""
-    if not ray_session.is_initialized():  # as ray_local does, for a module-wide fixture; never someone else's Ray
-        ray_session.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_ray(ray_session)  # as ray_local does, for a module-wide fixture
     folder = tmp_path_factory.mktemp("register")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)

@@ -20,7 +20,7 @@ from pipelines.config import load
 from pipelines.pipeline import run
 from pipelines.serving import request
 from pipelines.stages.register import register_stage
-from tests.conftest import OMNIGLOT
+from tests.conftest import OMNIGLOT, start_local_ray
 
 NAME = "omniglot-served"
 CHAMPION = f"models:/{NAME}@champion"
@@ -33,8 +33,7 @@ TRAIN = [
 @pytest.fixture(scope="module")
 def champion(ray_session, tmp_path_factory):
     """Train a small conv4 with MAML, register it; yields the store's URI, its folder and held-out 5-way 1-shot tasks."""
-    if not ray_session.is_initialized():  # as ray_local does, for a module-wide fixture; never someone else's Ray
-        ray_session.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_ray(ray_session)  # as ray_local does, for a module-wide fixture
     folder = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:

@@ -12,6 +12,7 @@ from PIL import Image
 from pipelines.config import load
 from pipelines.pipeline import run
 from pipelines.plots import log_plots
+from tests.conftest import start_local_ray
 
 FAST = ["train.steps=8", "train.meta_batch=4", "eval.tasks=8", "task.shots=5"]
 
@@ -19,8 +20,7 @@ FAST = ["train.steps=8", "train.meta_batch=4", "eval.tasks=8", "task.shots=5"]
 @pytest.fixture(scope="module")
 def two_runs(ray_session, tmp_path_factory):
     """MAML and Reptile on the same task in one store; yields their parent runs and what the pipeline printed."""
-    if not ray_session.is_initialized():  # as ray_local does, for a module-wide fixture; never someone else's Ray
-        ray_session.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_ray(ray_session)  # as ray_local does, for a module-wide fixture
     folder = tmp_path_factory.mktemp("ui")
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):

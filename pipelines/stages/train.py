@@ -40,9 +40,7 @@ def train(config: dict, driver: Driver, flat: torch.Tensor, run_id: str, key: st
     try:
         for step in range(done, cfg["steps"]):
             started = time.perf_counter()
-            grad, metrics = driver.gradient(flat.detach().numpy(), step)
-            flat.grad = torch.from_numpy(grad.astype(np.float32))
-            optimizer.step()
+            metrics = driver.step(flat, optimizer, step)
             done = step + 1
             step_s = time.perf_counter() - started
             metrics.update(step_s=step_s, tasks_per_s=cfg["meta_batch"] / step_s)
