@@ -2,16 +2,15 @@
 
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from pipelines import tracking  # noqa: E402
-from pipelines.config import ConfigError  # noqa: E402
+from pipelines import tracking
+from pipelines.config import ConfigError
+from pipelines.plots import smoothed
 
 
 def experiment_ids(names: list[str]) -> list[str]:
@@ -57,19 +56,21 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_curves(runs: pd.DataFrame, path: Path) -> None:
+    """Each run's meta-training loss (moving average), on one axis."""
     client = MlflowClient()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    ax = figure.subplots()
     for _, r in runs.iterrows():
         train_run = r.get("tags.train_run_id")
         history = client.get_metric_history(train_run, "meta_loss") if isinstance(train_run, str) and train_run else []
         if history:
-            ax.plot([m.step for m in history], [m.value for m in history], label=f"{r.get('tags.mlflow.runName')} ({r['run_id'][:6]})")
-    ax.set(xlabel="meta-step", ylabel="meta-training loss", yscale="log", title="Learning curves")
+            steps, values = np.array(sorted((m.step, m.value) for m in history)).T
+            curve = smoothed(values)
+            ax.plot(steps[len(steps) - len(curve) :], curve, label=f"{r.get('tags.mlflow.runName')} ({r['run_id'][:6]})")
+    ax.set(xlabel="meta-step", ylabel="meta-training loss (moving average)", yscale="log", title="Learning curves")
     if ax.lines:
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figure.savefig(path, dpi=100)
 
 
 def compare(experiments: list[str], out: str, tracking_uri: str | None = None) -> pd.DataFrame:
