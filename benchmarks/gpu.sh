@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "gpu.sh: no CUDA device visible to torch")'
 export RAY_USAGE_STATS_ENABLED=0
-exec timeout 290 "$python" -m benchmarks.run --device cuda --workers 1 "${1:-2}" --steps 5 --target 0.9 --tta-width 64 --max-minutes 1.5
+exec timeout 290 "$python" -m benchmarks.run --device cuda --workers 1 "${1:-2}" --steps 5 --target 0.9 --tta-width 64 --max-minutes 1.5 --skip aggregation

@@ -2,7 +2,8 @@
 
 Throughput (sinusoid and Omniglot 5-way 1-shot), peak memory against inner
 steps, and time-to-accuracy on held-out alphabets, each against the plain
-PyTorch MAML of benchmarks/baseline.py. Rows are medians; ``x base`` is the
+PyTorch MAML of benchmarks/baseline.py; then driver vs all-reduce aggregation
+over model sizes (benchmarks/aggregation.py). Rows are medians; ``x base`` is the
 ratio to the baseline row of the same section (tasks/s, or seconds to target).
 
     .venv/bin/python -m benchmarks.run [--quick] [--device cuda] [--width 64] [--target 0.9] [--max-minutes 3]
@@ -10,6 +11,7 @@ ratio to the baseline row of the same section (tasks/s, or seconds to target).
 
 import argparse
 
+from benchmarks.aggregation import sweep
 from benchmarks.common import in_fresh_process, matmul_peak_gflops
 
 WORKLOADS = {"sinusoid": 25, "omniglot": 32}  # meta-batch
@@ -73,6 +75,10 @@ def time_to_accuracy(args) -> list[str]:
     return lines
 
 
+def aggregation(args) -> list[str]:
+    return sweep(args.quick)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, a narrower net, a lower target: a smoke run")
@@ -86,11 +92,11 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=2.0, help="training minutes per side before giving up")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-tasks", type=int, default=50)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "tta"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "tta", "aggregation"])
     args = parser.parse_args()
     if args.quick:
         args.steps, args.width, args.target, args.tta_width, args.max_minutes = 2, 16, 0.4, 8, 1.0
-    sections = {"throughput": throughput, "memory": memory, "tta": time_to_accuracy}
+    sections = {"throughput": throughput, "memory": memory, "tta": time_to_accuracy, "aggregation": aggregation}
     for name, section in sections.items():
         if name not in args.skip:
             print("\n".join(section(args)) + "\n", flush=True)

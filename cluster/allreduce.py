@@ -44,8 +44,8 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
 class AllreduceDriver(Driver):
     """A Driver whose workers sum the meta-gradient among themselves."""
 
-    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):
-        super().__init__(config, splits, layout, worker_cls=AllreduceWorker)
+    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout, worker_cls=AllreduceWorker):
+        super().__init__(config, splits, layout, worker_cls=worker_cls)
         group = f"meta-{uuid.uuid4().hex[:8]}"
         ray.get([w.join.remote(len(self.workers), rank, group) for rank, w in enumerate(self.workers)], timeout=self.timeout)
 

@@ -1,0 +1,115 @@
+"""Where all-reduce aggregation starts to pay: ``Driver.gradient`` vs ``AllreduceDriver.gradient`` by model size.
+
+Only the communication is timed. The workers are the pipeline's own actors with
+``share`` replaced by a fixed gradient of the model's size, so the per-task
+computation costs nothing; everything else is the real path: the float32
+parameters put into the object store, one call per worker, float32 gradients
+(the driver path: one per worker, summed by the driver in float64; the
+all-reduce path: a gloo ring among the workers, rank 0's sum back). The outer
+optimizer's step, the same for both, is left out. Both drivers are alive at
+once and the sizes alternate between them, so both see the same machine.
+
+    .venv/bin/python -m benchmarks.aggregation [--quick]
+"""
+
+import argparse
+import json
+
+import numpy as np
+import ray
+
+from benchmarks.common import in_fresh_process, median_seconds
+from cluster.allreduce import AllreduceDriver, AllreduceWorker
+from cluster.driver import Driver, connect
+from cluster.worker import MetaWorker
+
+SIZES = [100_000, 300_000, 1_000_000, 3_000_000, 10_000_000, 20_000_000]  # parameters
+QUICK_SIZES = [100_000, 1_000_000, 10_000_000]
+PAYS = 0.9  # all-reduce s / driver s below which it counts as faster: under the ±10-20% noise between runs, no claim
+
+
+def fixed_share(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+    """A share that costs nothing: the same float64 gradient of ``flat``'s size every call."""
+    if getattr(self, "fixed", np.empty(0)).size != flat.size:
+        self.fixed = np.ones(flat.size)
+    return self.fixed, {}
+
+
+@ray.remote
+class FreeWorker(MetaWorker.__ray_actor_class__):
+    share = fixed_share
+
+
+@ray.remote
+class FreeAllreduceWorker(AllreduceWorker.__ray_actor_class__):
+    share = fixed_share
+
+
+def measure(spec: dict) -> dict:
+    """Median seconds of one meta-step's aggregation, per size, for both paths at ``spec['workers']`` workers."""
+    from meta_core.flat import layout_of
+    from meta_core.models import build_model, init_params
+    from pipelines.config import CONFIG_DIR, load
+
+    workers = spec["workers"]
+    # two drivers of `workers` workers share the machine's CPUs; meta-batch 25 gives every worker a share
+    config = load(str(CONFIG_DIR / "sinusoid.yaml"), [f"cluster.workers={workers}", f"cluster.num_cpus={1 / workers}"])
+    splits, layout = {"train": None, "test": None}, layout_of(init_params(build_model("mlp"), 0))
+    connect(None)
+    driver = Driver(config, splits, layout, worker_cls=FreeWorker)
+    allreduce = AllreduceDriver(config, splits, layout, worker_cls=FreeAllreduceWorker)
+    rows = []
+    for size in spec["sizes"]:
+        flat = np.random.default_rng(size).standard_normal(size, dtype=np.float32)
+        seconds = [median_seconds(lambda i: d.gradient(flat, i), spec["steps"], spec["warmup"]) for d in (driver, allreduce)]
+        rows.append({"params": size, "driver_s": seconds[0], "allreduce_s": seconds[1]})
+    driver.shutdown()
+    allreduce.shutdown()
+    ray.shutdown()
+    return {"rows": rows}
+
+
+def crossover(rows: list[dict]) -> str:
+    """The smallest size from which all-reduce is faster (by PAYS) at every larger size measured."""
+    paying = None
+    for row in reversed(rows):
+        if row["allreduce_s"] >= PAYS * row["driver_s"]:
+            break
+        paying = row["params"]
+    return f"{paying / 1e6:g}M parameters" if paying else f"none up to {rows[-1]['params'] / 1e6:g}M parameters"
+
+
+def table(worker_counts: list[int], sizes: list[int], steps: int, warmup: int) -> list[str]:
+    lines = [
+        "aggregation only (parameters out, gradients back and summed; share computation replaced by a fixed gradient), "
+        f"median of {steps} meta-steps after {warmup} warm-up, both paths in this run",
+        f"{'workers':>7} {'params':>10} {'MB/grad':>8} {'driver s':>9} {'allreduce s':>11} {'allr/driver':>11}",
+    ]
+    for workers in worker_counts:
+        spec = {"workers": workers, "sizes": sizes, "steps": steps, "warmup": warmup}
+        rows = in_fresh_process("benchmarks.aggregation", spec)["rows"]
+        for r in rows:
+            lines.append(
+                f"{workers:>7} {r['params']:>10,} {4 * r['params'] / 1e6:>8.1f} {r['driver_s']:>9.4f} "
+                f"{r['allreduce_s']:>11.4f} {r['allreduce_s'] / r['driver_s']:>11.2f}"
+            )
+        lines.append(f"{workers:>7} workers: all-reduce at least {1 - PAYS:.0%} faster from {crossover(rows)}")
+    return lines
+
+
+def sweep(quick: bool) -> list[str]:
+    """The table at 2 and 4 workers over SIZES (about 2 minutes on 2 cores), or a smoke run."""
+    if quick:
+        return table([2], QUICK_SIZES, steps=3, warmup=1)
+    return table([2, 4], SIZES, steps=15, warmup=3)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 workers, three sizes up to 10M, 3 steps: a smoke run")
+    parser.add_argument("--measure", help="a JSON spec: workers, sizes, steps, warmup (one fresh-process measurement)")
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+    else:
+        print("\n".join(sweep(args.quick)))
