@@ -24,7 +24,6 @@ CHOICES = {
     "train.vectorize": ["auto", True, False],
     "algorithm.checkpoint_inner": [True, False],
     "cluster.aggregation": ["driver", "allreduce"],
-    "register.greater_is_better": [True, False],
 }
 POSITIVE_INT = {"task.ways", "task.shots", "task.queries", "model.width", "train.steps", "train.meta_batch", "eval.tasks", "cluster.workers", "train.checkpoint_every", "train.pre_adapt_every", "data.image_size", "task.horizon", "algorithm.cg_steps", "algorithm.controller_size", "algorithm.memory_slots", "algorithm.memory_width"}
 NON_NEGATIVE_INT = {"seed", "algorithm.inner_steps"}

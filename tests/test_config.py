@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.config import ConfigError, load
+from pipelines.config import CHOICES, ConfigError, load
 
 
 def test_defaults_and_overrides():
@@ -55,3 +55,9 @@ def test_malformed_yaml_and_non_mapping_files_are_named(tmp_path):
 def test_override_without_equals_sign_is_explained():
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load("sinusoid", ["train.steps"])
+
+
+def test_every_registered_algorithm_is_a_config_choice():
+    from meta_core.algorithms import ALGORITHMS
+
+    assert sorted(CHOICES["algorithm.name"]) == sorted(ALGORITHMS)

@@ -70,8 +70,11 @@ def test_alias_moves_only_to_a_version_that_beats_the_champion(trained):
     assert verdicts == [(1, 1), (2, 1), (3, 1), (4, 4)]
     assert client.get_model_version_by_alias("sine-race", "champion").version == 4
     assert client.get_model_version("sine-race", "2").tags["eval_post_adapt_loss"] == "2.0"
-    higher = register(config, train_run_id, {**metrics, "eval_post_adapt_loss": 3.0}, "sine-race", greater_is_better=True)
-    assert higher["champion_version"] == 5
+
+    accuracy = {**metrics, "eval_steps5_acc": 0.6}  # an accuracy: higher is better
+    verdicts = [register(config, train_run_id, {**accuracy, "eval_steps5_acc": acc}, "acc-race", metric="eval_steps5_acc")["champion_version"]
+                for acc in (0.6, 0.5, 0.7)]
+    assert verdicts == [1, 1, 3]
 
 
 def test_bad_requests_are_refused_with_the_field_named(trained):

@@ -36,12 +36,13 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | 
     return client.get_model_version(name, aliases[alias]) if alias in aliases else None
 
 
-def beats(value: float, holder: ModelVersion | None, metric: str, greater_is_better: bool) -> bool:
-    """True when there is no holder, the holder was never scored on ``metric``, or ``value`` is strictly better."""
+def beats(value: float, holder: ModelVersion | None, metric: str) -> bool:
+    """True when there is no holder, the holder was never scored on ``metric``, or ``value`` is strictly better
+    (higher for an accuracy, lower for a loss)."""
     if holder is None or metric not in holder.tags:
         return True
     best = float(holder.tags[metric])
-    return value > best if greater_is_better else value < best
+    return value > best if metric.endswith("_acc") else value < best
 
 
 def register_stage(config: dict, train_run_id: str, eval_metrics: dict[str, float]) -> dict:
@@ -74,7 +75,7 @@ def register_stage(config: dict, train_run_id: str, eval_metrics: dict[str, floa
     holder = alias_holder(client, name, alias)
     client.set_model_version_tag(name, number, metric, str(value))
     client.set_model_version_tag(name, number, "train_run_id", train_run_id)
-    crowned = beats(value, holder, metric, spec["greater_is_better"])
+    crowned = beats(value, holder, metric)
     if crowned:
         client.set_registered_model_alias(name, alias, number)
     champion_version = int(number if crowned else holder.version)
