@@ -34,4 +34,5 @@ def read_trained(folder: str | Path) -> tuple[dict, Algorithm, Params]:
 
 def load_trained(run_id: str) -> tuple[dict, Algorithm, Params]:
     """The same, from an MLflow run that logged them (a train stage run)."""
-    return read_trained(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=tempfile.mkdtemp()))
+    with tempfile.TemporaryDirectory() as tmp:  # read_trained keeps nothing on disk
+        return read_trained(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=tmp))
