@@ -63,13 +63,23 @@ def log_config(config: dict) -> None:
 
 
 class MetricBuffer:
-    """Collects per-step metrics and writes them in one batch per ``flush`` (at each checkpoint)."""
+    """Collects per-step metrics and writes them in one batch per ``flush`` (at each checkpoint).
 
-    def __init__(self, run_id: str):
-        self.client, self.run_id = MlflowClient(), run_id
+    Steps up to ``logged_until`` are already in the run and are not written again.
+    """
+
+    def __init__(self, run_id: str, logged_until: int = -1):
+        self.client, self.run_id, self.logged_until = MlflowClient(), run_id, logged_until
         self.rows: list[Metric] = []
 
+    @staticmethod
+    def last_step(run_id: str, metric: str) -> int:
+        """The highest step of ``metric`` logged in the run, -1 if none."""
+        return max((m.step for m in MlflowClient().get_metric_history(run_id, metric)), default=-1)
+
     def add(self, metrics: dict[str, float], step: int) -> None:
+        if step <= self.logged_until:
+            return
         now = int(time.time() * 1000)
         self.rows += [Metric(k, float(v), now, step) for k, v in metrics.items()]
 

@@ -9,10 +9,16 @@ import time
 import mlflow
 import pytest
 import torch
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from cluster.driver import Driver
+from meta_core.build import build_learner
+from meta_core.flat import flatten, layout_of
+from meta_core.models import init_params
 from pipelines.config import load
 from pipelines.pipeline import run
+from pipelines.stages.train import train
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs, trained_params
 
@@ -108,3 +114,22 @@ def test_ctrl_c_checkpoints_marks_runs_killed_and_exits_nonzero(tmp_path):
     step = checkpoint_step(tmp_path / "interrupted" / "checkpoints")
     logged = [m.step for m in MlflowClient().get_metric_history(train_run.info.run_id, "meta_loss")]
     assert step >= 30 and sorted(logged) == list(range(step))  # the checkpoint and the metrics end together
+
+
+def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tracking):
+    """A kill between writing a batch of metrics and writing the checkpoint: the resumed run skips those steps' logging."""
+    config = load("sinusoid", ["train.steps=10", "train.meta_batch=4", "train.checkpoint_every=10"])
+    algo = build_learner(config)
+    params = algo.init(init_params(algo.model, 0))
+    driver = Driver(config, {"train": None, "test": None}, layout_of(params))
+    try:
+        with mlflow.start_run() as active:
+            run_id = active.info.run_id
+            train(config, driver, flatten(params).clone(), run_id, key="k")  # checkpoint and metrics at step 10
+            MlflowClient().log_batch(run_id, metrics=[Metric("meta_loss", 1.0, 0, step) for step in range(10, 14)])
+            config["train"]["steps"] = 20
+            train(config, driver, flatten(params).clone(), run_id, key="k")  # resumes at 10, steps 10-13 already logged
+    finally:
+        driver.shutdown()
+    steps = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "meta_loss"))
+    assert steps == list(range(20))

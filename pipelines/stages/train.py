@@ -15,9 +15,10 @@ from pipelines.tracking import MetricBuffer
 def train(config: dict, driver: Driver, flat: torch.Tensor, run_id: str, key: str) -> dict[str, float]:
     """Meta-train ``flat`` in place up to ``train.steps``, from the run's last checkpoint if there is one.
 
-    Per-step metrics are written to MLflow together with each checkpoint, so
-    after a crash the metric history and the checkpoint end at the same step
-    and a resumed run logs every step exactly once. Returns summary metrics.
+    Per-step metrics are written to MLflow just before each checkpoint. A crash
+    between the two leaves metrics ahead of the checkpoint; the resumed run
+    recomputes those steps (identically) without logging them again, so every
+    step is logged exactly once. Returns summary metrics.
     """
     cfg = config["train"]
     optimizer = make_optimizer(cfg["optimizer"], flat, cfg["outer_lr"])
@@ -29,12 +30,12 @@ def train(config: dict, driver: Driver, flat: torch.Tensor, run_id: str, key: st
             flat.copy_(state["flat"])
         optimizer.load_state_dict(state["optimizer"])
         done = state["step"]
-    buffer = MetricBuffer(run_id)
+    buffer = MetricBuffer(run_id, logged_until=MetricBuffer.last_step(run_id, "meta_loss") if state else -1)
     rates = []
 
     def save() -> None:
-        checkpoint.save(path, flat, optimizer, done, key)
         buffer.flush()
+        checkpoint.save(path, flat, optimizer, done, key)
 
     bar = tqdm(total=cfg["steps"], initial=done, desc="train", unit="step", mininterval=1.0)
     try:
