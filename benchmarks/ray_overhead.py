@@ -15,7 +15,7 @@ import torch
 
 import data
 from cluster.driver import Driver, connect
-from meta_core.build import build_learner, build_source
+from meta_core.build import build_learner, build_source, vectorized
 from meta_core.flat import flatten, layout_of
 from meta_core.models import init_params
 from meta_core.step import share_gradient
@@ -41,7 +41,7 @@ def measure(name: str, overrides: list[str], repeats: int) -> list[tuple]:
     algo.track_pre_adapt = False  # as workers do on all but every train.pre_adapt_every-th step
     params = algo.init(init_params(algo.model, config["seed"]))
     layout, flat = layout_of(params), flatten(params).detach()
-    vectorize = config["model"]["name"] == "mlp" if config["train"]["vectorize"] == "auto" else config["train"]["vectorize"]
+    vectorize = vectorized(config, on_gpu=False)
     source, meta_batch = build_source(config, splits["train"]), range(config["train"]["meta_batch"])
     torch.set_num_threads(1)  # as one worker does: the comparison is per-step overhead, not extra cores
     local = median_ms(lambda step: share_gradient(algo, source, flat, layout, config["seed"], step, meta_batch, vectorize), repeats)

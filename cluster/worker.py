@@ -4,7 +4,7 @@ import numpy as np
 import ray
 import torch
 
-from meta_core.build import build_learner, build_source
+from meta_core.build import build_learner, build_source, vectorized
 from meta_core.flat import Layout
 from meta_core.step import evaluate_tasks, share_gradient
 
@@ -28,8 +28,7 @@ class MetaWorker:
         self.sources = {name: build_source(config, images) for name, images in splits.items()}
         self.seed, self.layout = config["seed"], layout
         self.pre_adapt_every = config["train"]["pre_adapt_every"]
-        vectorize = config["train"]["vectorize"]
-        self.vectorize = (config["model"]["name"] == "mlp" or use_gpu) if vectorize == "auto" else vectorize
+        self.vectorize = vectorized(config, use_gpu)
 
     def params(self, flat: np.ndarray) -> torch.Tensor:
         return torch.tensor(flat, device=self.device)  # a copy: object-store arrays are read-only

@@ -25,6 +25,13 @@ def build_learner(config: dict) -> Algorithm:
     return build_algorithm(algo["name"], model, kind, inner_steps=algo["inner_steps"], inner_lr=algo["inner_lr"], **options)
 
 
+def vectorized(config: dict, on_gpu: bool) -> bool:
+    """Whether a share's tasks run as one ``vmap`` call: ``train.vectorize``, where ``auto`` means the small
+    MLP (per-task Python overhead dominates) or a GPU; the loop wins for conv nets on CPU (benchmarks/)."""
+    choice = config["train"]["vectorize"]
+    return (config["model"]["name"] == "mlp" or on_gpu) if choice == "auto" else choice
+
+
 def build_source(config: dict, images: np.ndarray | None = None):
     """Tasks for one split: sinusoids and point-navigation goals need no data, image tasks draw from ``images``."""
     task = config["task"]

@@ -12,7 +12,7 @@ from meta_core.algorithms.protonet import ProtoNet
 from meta_core.algorithms.reptile import Reptile
 
 ALGORITHMS = {
-    "maml": lambda *a, **k: MAML(*a, **k),
+    "maml": MAML,
     "fomaml": lambda *a, **k: MAML(*a, first_order=True, **k),
     "metasgd": MetaSGD,
     "anil": ANIL,
