@@ -30,12 +30,19 @@ def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu") 
     return config, data.load_splits(data.prepare(config))
 
 
-def median_seconds(step, steps: int, warmup: int) -> float:
+def finished(device: str) -> None:
+    """Wait for the queued CUDA kernels, so that a clock read afterwards times the work, not its launch."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(step, steps: int, warmup: int, device: str = "cpu") -> float:
     """Median wall seconds of ``step(i)`` over ``steps`` calls after ``warmup`` untimed ones."""
     times = []
     for i in range(warmup + steps):
         started = time.perf_counter()
         step(i)
+        finished(device)
         if i >= warmup:
             times.append(time.perf_counter() - started)
     return statistics.median(times)
@@ -55,11 +62,17 @@ def in_fresh_process(module: str, spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
-    """float32 matmul GFLOP/s with ``threads`` threads: the attainable ceiling for these workloads."""
+def matmul_peak_gflops(threads: int, device: str = "cpu", repeats: int = 5) -> float:
+    """float32 matmul GFLOP/s (``threads`` CPU threads, or the GPU): the attainable ceiling for these workloads."""
+    size = 8192 if device == "cuda" else 1024
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    seconds = median_seconds(lambda _: a @ b, repeats, 1)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    seconds = median_seconds(lambda _: a @ b, repeats, 1, device)
     torch.set_num_threads(previous)
     return 2 * size**3 / seconds / 1e9
+
+
+def peak_gpu_mib() -> float:
+    """Peak CUDA memory this process allocated (0 without a GPU)."""
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0

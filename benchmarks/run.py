@@ -11,31 +11,39 @@ ratio to the baseline row of the same section (tasks/s, or seconds to target).
 
 import argparse
 
+import torch
+
 from benchmarks.aggregation import sweep
 from benchmarks.common import in_fresh_process, matmul_peak_gflops
 
 WORKLOADS = {"sinusoid": 25, "omniglot": 32}  # meta-batch
+SINUSOID_STEPS = 10  # sinusoid steps are about 100x cheaper: time 10x as many, after 10x the warm-up
 
 
 def throughput(args) -> list[str]:
-    base = {"steps": args.steps, "warmup": 1, "width": args.width, "device": args.device}
-    rows = [("baseline", {"mode": "baseline"})]
-    if args.device == "cpu":
-        rows += [("in-process loop", {"mode": "loop", "threads": 1}), ("in-process vmap", {"mode": "vmap", "threads": 1})]
+    base = {"steps": args.steps, "warmup": 2, "width": args.width, "device": args.device}
+    scaled = {"steps": args.steps * SINUSOID_STEPS, "warmup": 2 * SINUSOID_STEPS}
+    rows = [("baseline", {"mode": "baseline"}), ("in-process loop", {"mode": "loop", "threads": 1}), ("in-process vmap", {"mode": "vmap", "threads": 1})]
     rows += [(f"ray x{n}", {"mode": "ray", "workers": n}) for n in args.workers]
-    cpu_peak = matmul_peak_gflops(1), matmul_peak_gflops(args.cores)
+    gpu = args.device == "cuda"
+    if gpu:
+        peak = f"matmul peak (float32, 8192^2) on {torch.cuda.get_device_name()}: {matmul_peak_gflops(1, 'cuda'):.0f} GFLOP/s"
+    else:
+        peak = f"matmul peak (float32, 1024^2): {matmul_peak_gflops(1):.1f} GFLOP/s on 1 thread, {matmul_peak_gflops(args.cores):.1f} on {args.cores}"
     lines = [
-        f"matmul peak (float32, 1024^2): {cpu_peak[0]:.1f} GFLOP/s on 1 thread, {cpu_peak[1]:.1f} on {args.cores}",
+        peak,
         f"{'workload':<9} {'path':<16} {'s/step':>8} {'tasks/s':>8} {'x base':>7} {'GFLOP/s':>8} {'MB/step':>8} "
-        f"{'driver MiB':>10} {'worker MiB':>10}",
+        f"{'driver MiB':>10} {'worker MiB':>10}" + (f" {'GPU MiB':>8}" if gpu else ""),
     ]
     for name, meta_batch in WORKLOADS.items():
-        results = {label: in_fresh_process("benchmarks.throughput", {**base, "workload": name, **spec}) for label, spec in rows}
+        steps = scaled if name == "sinusoid" else {}
+        results = {label: in_fresh_process("benchmarks.throughput", {**base, **steps, "workload": name, **spec}) for label, spec in rows}
         gflop, reference = results["baseline"]["task_gflop"] * meta_batch, results["baseline"]["step_s"]
         for label, r in results.items():
             lines.append(
                 f"{name:<9} {label:<16} {r['step_s']:>8.4f} {meta_batch / r['step_s']:>8.1f} {reference / r['step_s']:>7.2f} "
                 f"{gflop / r['step_s']:>8.2f} {r['bytes'] / 1e6:>8.3f} {r['driver_mib']:>10.0f} {r['worker_mib']:>10.0f}"
+                + (f" {r['gpu_mib']:>8.0f}" if gpu else "")
             )
         if "in-process loop" in results and "ray x1" in results:
             alone = min(results["in-process loop"]["step_s"], results["in-process vmap"]["step_s"])

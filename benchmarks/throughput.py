@@ -5,7 +5,8 @@ with torch's default threads (all cores); ``loop``/``vmap`` are meta_core's shar
 computation in-process on one thread (what one worker does, without Ray);
 ``ray`` is the full driver + workers path at ``workers`` workers of one thread
 each, with the workers' automatic loop/vmap choice. Every step includes
-drawing its tasks and the Adam update.
+drawing its tasks and the Adam update; the two warm-up steps
+take any compiling (`train.compile`, and each pre-adaptation variant).
 
     .venv/bin/python -m benchmarks.throughput --measure '{"workload": "sinusoid", "mode": "ray", "workers": 2}'
 """
@@ -15,7 +16,7 @@ import json
 
 import torch
 
-from benchmarks.common import median_seconds, peak_rss_mib, workload
+from benchmarks.common import median_seconds, peak_gpu_mib, peak_rss_mib, workload
 
 DEFAULTS = {"workers": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu"}
 
@@ -30,7 +31,7 @@ def task_gflop(baseline, task) -> float:
 
 
 def measure(spec: dict) -> dict:
-    """One row: median step seconds, peak RSS of the busiest process, bytes crossing processes per step."""
+    """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per step."""
     from benchmarks.baseline import BaselineMAML
     from cluster.driver import Driver, connect
     from meta_core.build import build_learner, build_source
@@ -42,7 +43,7 @@ def measure(spec: dict) -> dict:
 
     spec = {**DEFAULTS, **spec}
     config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"])
-    train, seed = config["train"], config["seed"]
+    train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
     torch.set_num_threads(spec["threads"] or torch.get_num_threads())
     algo = build_learner(config)
     algo.track_pre_adapt = False  # as workers do on all but every train.pre_adapt_every-th step; the baseline has none
@@ -50,19 +51,20 @@ def measure(spec: dict) -> dict:
     flat, layout = flatten(params).clone(), layout_of(params)
     source = build_source(config, splits["train"])
     tasks = range(train["meta_batch"])
-    result = {"bytes": 0, "worker_mib": 0.0}
+    result = {"bytes": 0, "worker_mib": 0.0, "gpu_mib": 0.0}
     if spec["mode"] == "baseline":
-        device = torch.device(spec["device"])
         weights = [w.to(device) for w in params.values()]
         baseline = BaselineMAML(config["model"]["name"], weights, config["algorithm"]["inner_lr"], algo.inner_steps, train["outer_lr"])
         result["task_gflop"] = task_gflop(baseline, draw(source, seed, TRAIN, 0, [0], device)[0])
         step = lambda i: baseline.step(draw(source, seed, TRAIN, i, tasks, device))  # noqa: E731
-    elif spec["mode"] in ("loop", "vmap"):
+    elif spec["mode"] in ("loop", "vmap"):  # what one worker does, in this process
+        algo.model.to(device)
+        flat = flat.to(device)
         optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
 
         def step(i: int) -> None:
-            grad, _ = share_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap")
-            flat.grad = torch.from_numpy(grad / train["meta_batch"]).float()
+            grad, _ = share_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap", train["compile"])
+            flat.grad = torch.from_numpy(grad / train["meta_batch"]).float().to(device)
             optimizer.step()
     else:
         import ray
@@ -74,10 +76,12 @@ def measure(spec: dict) -> dict:
         step = lambda i: driver.step(flat, optimizer, i)  # noqa: E731
         # parameters to each worker (float32), one float32 gradient back from each
         result["bytes"] = 2 * 4 * flat.numel() * spec["workers"]
-    result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"])
+    result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"], spec["device"])
+    result["gpu_mib"] = peak_gpu_mib()
     if spec["mode"] == "ray":
-        rss = [w.__ray_call__.remote(lambda worker: peak_rss_mib()) for w in driver.workers]
-        result["worker_mib"] = max(ray.get(rss))
+        peaks = ray.get([w.__ray_call__.remote(lambda worker: (peak_rss_mib(), peak_gpu_mib())) for w in driver.workers])
+        result["worker_mib"] = max(rss for rss, _ in peaks)
+        result["gpu_mib"] = max(gpu for _, gpu in peaks)
         driver.shutdown()
         ray.shutdown()
     result["driver_mib"] = peak_rss_mib()

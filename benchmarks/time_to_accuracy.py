@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from benchmarks.common import workload
+from benchmarks.common import finished, workload
 
 DEFAULTS = {"target": 0.9, "width": 64, "max_minutes": 60.0, "eval_every": 25, "eval_tasks": 100, "workers": 2, "device": "cpu"}
 
@@ -33,27 +33,28 @@ def measure(spec: dict) -> dict:
 
     spec = {**DEFAULTS, **spec}
     config, splits = workload("omniglot", spec["width"], spec["workers"], spec["device"])
-    train, seed = config["train"], config["seed"]
+    train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
     algo = build_learner(config)
     params = algo.init(init_params(algo.model, seed))
     layout, flat = layout_of(params), flatten(params).clone()
     sources = {name: build_source(config, images) for name, images in splits.items()}
+    algo.model.to(device)  # evaluation runs where training does
     if spec["side"] == "baseline":
-        device = torch.device(spec["device"])
         baseline = BaselineMAML("conv4", [w.to(device) for w in params.values()], config["algorithm"]["inner_lr"], 1, train["outer_lr"])
         step = lambda i: baseline.step(draw(sources["train"], seed, TRAIN, i, range(train["meta_batch"]), device))  # noqa: E731
-        current = lambda: torch.cat([w.detach().reshape(-1).cpu() for w in baseline.weights])  # noqa: E731
+        current = lambda: torch.cat([w.detach().reshape(-1) for w in baseline.weights])  # noqa: E731
     else:
         connect(None)
         driver = Driver(config, splits, layout)
         optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
 
         step = lambda i: driver.step(flat, optimizer, i)  # noqa: E731
-        current = lambda: flat.detach()  # noqa: E731
+        current = lambda: flat.detach().to(device)  # noqa: E731
     trained, curve, reached = 0.0, [], None
     for i in range(1_000_000):
         started = time.perf_counter()
         step(i)
+        finished(spec["device"])
         trained += time.perf_counter() - started
         if (i + 1) % spec["eval_every"] == 0:
             per_task = evaluate_tasks(algo, sources["test"], current(), layout, seed, EVAL, range(spec["eval_tasks"]), [1])

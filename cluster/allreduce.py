@@ -19,7 +19,7 @@ import ray
 import torch
 from ray.util import collective
 
-from cluster.driver import MAX_ATTEMPTS, Driver, split
+from cluster.driver import MAX_ATTEMPTS, Driver, broadcast, split
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout
 
@@ -50,7 +50,7 @@ class AllreduceDriver(Driver):
         ray.get([w.join.remote(len(self.workers), rank, group) for rank, w in enumerate(self.workers)], timeout=self.timeout)
 
     def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
-        params_ref = ray.put(flat)
+        params_ref = broadcast(flat)
         shares = split(self.meta_batch, len(self.workers))
         refs = [w.reduced_gradient.remote(params_ref, step, idx) for w, idx in zip(self.workers, shares)]
         results = ray.get(refs, timeout=MAX_ATTEMPTS * self.timeout)

@@ -28,7 +28,7 @@ class MetaWorker:
         self.sources = {name: build_source(config, images) for name, images in splits.items()}
         self.seed, self.layout = config["seed"], layout
         self.pre_adapt_every = config["train"]["pre_adapt_every"]
-        self.vectorize = vectorized(config, use_gpu)
+        self.vectorize, self.compiled = vectorized(config, use_gpu), config["train"]["compile"]
 
     def params(self, flat: np.ndarray) -> torch.Tensor:
         return torch.tensor(flat, device=self.device)  # a copy: object-store arrays are read-only
@@ -36,7 +36,8 @@ class MetaWorker:
     def share(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
         """Summed meta-gradient (float64) and metrics of this share; pre-adaptation metrics every few steps."""
         self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
-        return share_gradient(self.algo, self.sources["train"], self.params(flat), self.layout, self.seed, step, indices, self.vectorize)
+        flat_params, source = self.params(flat), self.sources["train"]
+        return share_gradient(self.algo, source, flat_params, self.layout, self.seed, step, indices, self.vectorize, self.compiled)
 
     def meta_gradient(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
         """Summed meta-gradient of this share as float32 (accumulated in float64), and summed metrics."""

@@ -4,6 +4,8 @@ The Ray actor, the single-process path and the benchmarks all call these, so
 there is exactly one implementation of "sum the meta-gradients of these tasks".
 """
 
+import functools
+
 import numpy as np
 import torch
 from torch.func import vmap
@@ -17,27 +19,40 @@ def draw(source, seed: int, stream: int, step: int, indices, device="cpu"):
     return [source.sample(task_rng(seed, stream, step, int(i))).to(device) for i in indices]
 
 
+@functools.cache
+def task_grad_fn(algo: Algorithm, vectorize: bool, compiled: bool):
+    """``algo.task_grad``, or its ``vmap`` over a stack of tasks; with ``compiled``, ``torch.compile``-d once per
+    algorithm object (it recompiles only for new task shapes or algorithm flags)."""
+    fn = vmap(algo.task_grad, in_dims=(None, 0)) if vectorize else algo.task_grad
+    return torch.compile(fn, dynamic=False) if compiled else fn
+
+
 def share_gradient(
-    algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool
-) -> tuple[np.ndarray, dict[str, float]]:
+    algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool,
+    compiled: bool = False,
+) -> tuple[np.ndarray, dict[str, float]]:  # fmt: skip
     """Sum over ``indices`` of each task's meta-gradient (float64), and summed metrics.
 
     ``vectorize`` runs all tasks as one ``vmap``-ed call: a large win for small
     models, where Python overhead per task dominates; the loop wins for conv
     nets on CPU (see benchmarks/). A checkpointed inner loop always runs task by
     task: checkpointing is plain autograd, which ``vmap`` cannot batch.
+    ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``:
+    about 7x less compute for the sinusoid MLP's vmap, none for conv nets on CPU.
     """
     params = unflatten(flat_params, layout)
     tasks = draw(source, seed, TRAIN, step, indices, flat_params.device)
-    if vectorize and not algo.checkpoint_inner:
-        grads, metrics = vmap(algo.task_grad, in_dims=(None, 0))(params, stack(tasks))
+    vectorize = vectorize and not algo.checkpoint_inner
+    task_grad = task_grad_fn(algo, vectorize, compiled)
+    if vectorize:
+        grads, metrics = task_grad(params, stack(tasks))
         total = flatten({k: g.sum(0, dtype=torch.float64) for k, g in grads.items()}, torch.float64)
         sums = {k: float(v.double().sum()) for k, v in metrics.items()}
     else:
         total = torch.zeros(flat_params.numel(), dtype=torch.float64, device=flat_params.device)
         sums: dict[str, float] = {}
         for task in tasks:
-            grads, metrics = algo.task_grad(params, task)
+            grads, metrics = task_grad(params, task)
             total += flatten(grads, torch.float64)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)

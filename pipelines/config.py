@@ -22,6 +22,7 @@ CHOICES = {
     "algorithm.name": ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml", "protonet", "matchingnet", "mann", "maml_rl"],
     "train.optimizer": ["adam", "sgd"],
     "train.vectorize": ["auto", True, False],
+    "train.compile": [True, False],
     "algorithm.checkpoint_inner": [True, False],
     "cluster.aggregation": ["driver", "allreduce"],
 }
@@ -153,6 +154,8 @@ def validate(config: dict) -> None:
             f"config key 'cluster.aggregation': allreduce needs a task per worker, "
             f"train.meta_batch ({flat['train.meta_batch']}) >= cluster.workers ({flat['cluster.workers']})"
         )
+    if flat["train.compile"] and flat["algorithm.checkpoint_inner"]:
+        raise ConfigError("config key 'train.compile': cannot be combined with algorithm.checkpoint_inner (checkpointing needs plain autograd)")
     validate_data(flat)
     validate_register(flat)
     data, model = flat["data.name"], flat["model.name"]

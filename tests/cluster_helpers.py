@@ -16,7 +16,7 @@ WorkerBase = MetaWorker.__ray_actor_class__  # the plain class, for test-only su
 
 
 def config(*overrides: str) -> dict:
-    return load("sinusoid", ["train.meta_batch=6", f"train.steps={STEPS}", *overrides])
+    return load("sinusoid", ["train.meta_batch=6", f"train.steps={STEPS}", "train.compile=false", *overrides])
 
 
 def train(config: dict, worker_cls=MetaWorker, between_steps=lambda step, driver: None) -> np.ndarray:

@@ -35,6 +35,14 @@ def node_of(worker, wait_s: float = 60) -> str:
             time.sleep(0.5)
 
 
+def wait_until_dead(node_id: str, wait_s: float = 60) -> None:
+    """Until Ray's control plane marks the node dead (and so restarts its actors elsewhere)."""
+    deadline = time.monotonic() + wait_s
+    while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+        assert time.monotonic() < deadline, f"node {node_id} still alive {wait_s}s after its removal"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_node_removed_mid_run_training_goes_on_with_the_nodes_left(two_nodes):
     cfg = config("cluster.workers=2")
@@ -49,6 +57,7 @@ def test_node_removed_mid_run_training_goes_on_with_the_nodes_left(two_nodes):
             placed[step] = {node_of(w) for w in driver.workers}
         if step == STEPS // 2:
             two_nodes.remove_node(side, allow_graceful=False)
+            wait_until_dead(side.node_id)  # the orphaned worker may answer calls that carry their data until then
 
     survived = train(cfg, between_steps=remove_side_node)
     assert placed[0] == {two_nodes.head_node.node_id, side.node_id}, "workers should spread over both nodes"

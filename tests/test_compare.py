@@ -9,7 +9,7 @@ from pipelines.pipeline import run
 
 
 def test_compare_tables_runs_of_different_algorithms(ray_local, tracking, tmp_path):
-    fast = ["train.steps=4", "train.meta_batch=4", "eval.tasks=4", "experiment=cmp"]
+    fast = ["train.steps=4", "train.meta_batch=4", "eval.tasks=4", "experiment=cmp", "train.compile=false"]
     ids = [run(load("sinusoid", [*fast, f"algorithm.name={name}"]), tracking) for name in ("maml", "reptile")]
     table = compare(["cmp"], str(tmp_path / "out"), tracking)
     assert list(table.run_id) == ids

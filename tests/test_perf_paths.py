@@ -30,8 +30,8 @@ def setup(network: str, algorithm: str = "maml", inner_steps: int = 1, **options
     return algo, source, params
 
 
-def meta_gradient(algo, source, params, vectorize: bool, tasks: int = 4) -> np.ndarray:
-    total, _ = share_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(tasks), vectorize)
+def meta_gradient(algo, source, params, vectorize: bool, tasks: int = 4, compiled: bool = False) -> np.ndarray:
+    total, _ = share_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(tasks), vectorize, compiled)
     return total
 
 
@@ -41,6 +41,20 @@ def test_vmap_and_loop_give_the_same_meta_gradient(network):
     batched, looped = meta_gradient(algo, source, params, True), meta_gradient(algo, source, params, False)
     assert np.abs(looped).max() > 0
     np.testing.assert_allclose(batched, looped, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm have near-zero gradients
+
+
+@pytest.mark.slow  # compiling takes about 10 s on 2 cores
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
+def test_compiled_share_gives_the_same_meta_gradient(algorithm):
+    algo, source, params = setup("mlp", algorithm, inner_steps=2)
+    eager = meta_gradient(algo, source, params, True)
+    assert np.abs(eager).max() > 0
+    np.testing.assert_allclose(meta_gradient(algo, source, params, True, compiled=True), eager, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_and_checkpoint_inner_are_refused_together():
+    with pytest.raises(ConfigError, match="train.compile"):
+        load(str(CONFIG_DIR / "sinusoid.yaml"), ["train.compile=true", "algorithm.checkpoint_inner=true"])
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "anil"])
@@ -54,7 +68,7 @@ def test_checkpointed_inner_loop_equals_the_plain_one(algorithm):
 
 
 def test_checkpoint_inner_is_read_from_the_config():
-    config = load(str(CONFIG_DIR / "sinusoid.yaml"), ["algorithm.checkpoint_inner=true"])
+    config = load(str(CONFIG_DIR / "sinusoid.yaml"), ["algorithm.checkpoint_inner=true", "train.compile=false"])
     assert build_learner(config).checkpoint_inner
     assert not build_learner(load(str(CONFIG_DIR / "sinusoid.yaml"), [])).checkpoint_inner
 

@@ -15,7 +15,7 @@ from pipelines.serving import request
 from pipelines.stages.register import register_stage
 from tests.conftest import start_local_ray
 
-FAST = ["train.steps=20", "train.meta_batch=5", "eval.tasks=10", "algorithm.inner_steps=2"]
+FAST = ["train.steps=20", "train.meta_batch=5", "eval.tasks=10", "algorithm.inner_steps=2", "train.compile=false"]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pipelines.stages.train import train
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs, trained_params
 
-CONFIG = ["train.steps=400", "train.meta_batch=4", "train.checkpoint_every=10", "eval.tasks=8", "experiment=resume"]
+CONFIG = ["train.steps=400", "train.meta_batch=4", "train.checkpoint_every=10", "eval.tasks=8", "experiment=resume", "train.compile=false"]
 
 
 def cli(*args, cwd, **kwargs):
@@ -82,7 +82,7 @@ def test_sigkilled_driver_resumes_to_the_uninterrupted_parameters(ray_local, tra
 
 
 def test_rerun_with_unchanged_config_does_nothing_and_changed_eval_reuses_prepare_and_train(ray_local, tracking, capsys):
-    fast = ["train.steps=3", "train.meta_batch=4", "eval.tasks=4"]
+    fast = ["train.steps=3", "train.meta_batch=4", "eval.tasks=4", "train.compile=false"]
     first = run(load("sinusoid", fast), tracking)
     assert run(load("sinusoid", fast), tracking) == first
     assert "already finished" in capsys.readouterr().out
@@ -118,7 +118,7 @@ def test_ctrl_c_checkpoints_marks_runs_killed_and_exits_nonzero(tmp_path):
 
 def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tracking):
     """A kill between writing a batch of metrics and writing the checkpoint: the resumed run skips those steps' logging."""
-    config = load("sinusoid", ["train.steps=10", "train.meta_batch=4", "train.checkpoint_every=10"])
+    config = load("sinusoid", ["train.steps=10", "train.meta_batch=4", "train.checkpoint_every=10", "train.compile=false"])
     algo = build_learner(config)
     params = algo.init(init_params(algo.model, 0))
     driver = Driver(config, {"train": None, "test": None}, layout_of(params))

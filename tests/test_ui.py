@@ -14,7 +14,7 @@ from pipelines.pipeline import run
 from pipelines.plots import log_plots
 from tests.conftest import start_local_ray
 
-FAST = ["train.steps=8", "train.meta_batch=4", "eval.tasks=8", "task.shots=5"]
+FAST = ["train.steps=8", "train.meta_batch=4", "eval.tasks=8", "task.shots=5", "train.compile=false"]
 
 
 @pytest.fixture(scope="module")
