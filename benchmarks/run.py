@@ -35,7 +35,8 @@ def throughput(args) -> list[str]:
         f"{'workload':<9} {'path':<16} {'s/step':>8} {'tasks/s':>8} {'x base':>7} {'GFLOP/s':>8} {'MB/step':>8} "
         f"{'driver MiB':>10} {'worker MiB':>10}" + (f" {'GPU MiB':>8}" if gpu else ""),
     ]
-    for name, meta_batch in WORKLOADS.items():
+    for name in args.workloads:
+        meta_batch = WORKLOADS[name]
         steps = scaled if name == "sinusoid" else {}
         results = {label: in_fresh_process("benchmarks.throughput", {**base, **steps, "workload": name, **spec}) for label, spec in rows}
         gflop, reference = results["baseline"]["task_gflop"] * meta_batch, results["baseline"]["step_s"]
@@ -91,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, a narrower net, a lower target: a smoke run")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), help="throughput workloads")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the pipeline rows")
     parser.add_argument("--cores", type=int, default=2, help="cores for the matmul peak")
     parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per throughput row (after one warm-up)")
