@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), help="throughput workloads")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the pipeline rows")
     parser.add_argument("--cores", type=int, default=2, help="cores for the matmul peak")
-    parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per throughput row (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per throughput row, after two warm-up steps (10x both for the sinusoid)")
     parser.add_argument("--width", type=int, default=64, help="conv4 filters, throughput and memory")
     parser.add_argument("--target", type=float, default=0.5, help="held-out accuracy to reach (the issue asks 0.9)")
     parser.add_argument("--tta-width", type=int, default=16, help="conv4 filters for time-to-accuracy")
