@@ -27,11 +27,13 @@ class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
 
 
+MALLINFO2 = ctypes.CDLL("libc.so.6").mallinfo2  # glibc 2.33+; looked up once, called after every tensor op
+MALLINFO2.restype = MallInfo2
+
+
 def heap_in_use() -> int:
-    """Bytes of the C heap in use: small blocks plus mmap-ed large ones (glibc 2.33+)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    info = libc.mallinfo2()
+    """Bytes of the C heap in use: small blocks plus mmap-ed large ones."""
+    info = MALLINFO2()
     return info.uordblks + info.hblkhd
 
 
