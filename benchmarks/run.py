@@ -23,7 +23,8 @@ SINUSOID_STEPS = 10  # sinusoid steps are about 100x cheaper: time 10x as many, 
 def throughput(args) -> list[str]:
     base = {"steps": args.steps, "warmup": 2, "width": args.width, "device": args.device}
     scaled = {"steps": args.steps * SINUSOID_STEPS, "warmup": 2 * SINUSOID_STEPS}
-    rows = [("baseline", {"mode": "baseline"}), ("in-process loop", {"mode": "loop", "threads": 1}), ("in-process vmap", {"mode": "vmap", "threads": 1})]
+    rows = [("baseline", {"mode": "baseline"}), ("baseline, heap", {"mode": "baseline", "reuse_memory": True})]
+    rows += [("in-process loop", {"mode": "loop", "threads": 1}), ("in-process vmap", {"mode": "vmap", "threads": 1})]
     rows += [(f"ray x{n}", {"mode": "ray", "workers": n}) for n in args.workers]
     gpu = args.device == "cuda"
     if gpu:

@@ -4,7 +4,9 @@ Each row is measured in a fresh process. ``baseline`` is benchmarks/baseline.py
 with torch's default threads (all cores); ``loop``/``vmap`` are meta_core's share
 computation in-process on one thread (what one worker does, without Ray);
 ``ray`` is the full driver + workers path at ``workers`` workers of one thread
-each, with the workers' automatic loop/vmap choice. Every step includes
+each, with the workers' automatic loop/vmap choice. Workers keep freed memory
+for reuse (``cluster.worker.reuse_freed_memory``), and so do the in-process rows;
+``reuse_memory`` gives the baseline the same setting, to show what it alone is worth. Every step includes
 drawing its tasks and the Adam update; the two warm-up steps
 take any compiling (`train.compile`, and each pre-adaptation variant).
 
@@ -18,7 +20,7 @@ import torch
 
 from benchmarks.common import median_seconds, peak_gpu_mib, peak_rss_mib, workload
 
-DEFAULTS = {"workers": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu"}
+DEFAULTS = {"workers": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False}
 
 
 def task_gflop(baseline, task) -> float:
@@ -34,6 +36,7 @@ def measure(spec: dict) -> dict:
     """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per step."""
     from benchmarks.baseline import BaselineMAML
     from cluster.driver import Driver, connect
+    from cluster.worker import reuse_freed_memory
     from meta_core.build import build_learner, build_source
     from meta_core.flat import flatten, layout_of
     from meta_core.models import init_params
@@ -45,6 +48,8 @@ def measure(spec: dict) -> dict:
     config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"])
     train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
     torch.set_num_threads(spec["threads"] or torch.get_num_threads())
+    if spec["reuse_memory"] or spec["mode"] in ("loop", "vmap"):
+        reuse_freed_memory()
     algo = build_learner(config)
     algo.track_pre_adapt = False  # as workers do on all but every train.pre_adapt_every-th step; the baseline has none
     params = algo.init(init_params(algo.model, seed))

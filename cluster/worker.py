@@ -1,5 +1,7 @@
 """The Ray actor: one model, one task source, one share of each meta-batch."""
 
+import ctypes
+
 import numpy as np
 import ray
 import torch
@@ -7,6 +9,26 @@ import torch
 from meta_core.build import build_learner, build_source, vectorized
 from meta_core.flat import Layout
 from meta_core.step import evaluate_tasks, share_gradient
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+
+
+def reuse_freed_memory() -> None:
+    """Make glibc's malloc keep freed memory for the next step instead of handing it back to the OS.
+
+    Torch takes CPU tensors straight from malloc, which serves blocks of a conv net's
+    activation size with fresh ``mmap``s and unmaps them when freed: every step then
+    page-faults its activations in again, about 13,000 faults and a sixth of the time of
+    a 5-way Omniglot task. From a heap that is never trimmed, each step reuses the
+    previous step's pages, as CUDA's caching allocator does. A no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_MAX, 0)  # every block from the heap
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and the heap's free top kept (mallopt takes an int)
 
 
 @ray.remote
@@ -20,6 +42,7 @@ class MetaWorker:
     """
 
     def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):
+        reuse_freed_memory()
         torch.set_num_threads(max(1, int(config["cluster"]["num_cpus"])))
         use_gpu = config["cluster"]["num_gpus"] > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")

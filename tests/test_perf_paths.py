@@ -1,6 +1,10 @@
 """The fast paths compute what the plain ones do: vmap vs loop, checkpointed vs plain inner loop,
 all-reduce vs driver aggregation, and the benchmark's baseline vs meta_core."""
 
+import subprocess
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +19,7 @@ from meta_core.models import build_model, init_params
 from meta_core.step import draw, share_gradient
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
 from pipelines.config import CONFIG_DIR, ConfigError, load
+from tests.conftest import ROOT
 
 IMAGES = np.random.default_rng(0).random((12, 6, 28, 28), dtype=np.float32)
 
@@ -43,13 +48,55 @@ def test_vmap_and_loop_give_the_same_meta_gradient(network):
     np.testing.assert_allclose(batched, looped, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm have near-zero gradients
 
 
-@pytest.mark.slow  # compiling takes about 10 s on 2 cores
-@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
-def test_compiled_share_gives_the_same_meta_gradient(algorithm):
-    algo, source, params = setup("mlp", algorithm, inner_steps=2)
-    eager = meta_gradient(algo, source, params, True)
+@pytest.mark.slow  # compiling takes about 10 s for the MLP, about a minute for the conv net, on 2 cores
+@pytest.mark.parametrize("network,algorithm,vectorize", [("mlp", "maml", True), ("mlp", "metasgd", True), ("conv4", "maml", False)])
+def test_compiled_share_gives_the_same_meta_gradient(network, algorithm, vectorize):
+    algo, source, params = setup(network, algorithm, inner_steps=2 if network == "mlp" else 1)  # the shipped configs' loops
+    eager = meta_gradient(algo, source, params, vectorize)
     assert np.abs(eager).max() > 0
-    np.testing.assert_allclose(meta_gradient(algo, source, params, True, compiled=True), eager, rtol=1e-4, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="train.compile")  # it really compiled: no fallback to eager
+        compiled = meta_gradient(algo, source, params, vectorize, compiled=True)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm have near-zero gradients
+
+
+def test_a_meta_gradient_torch_cannot_compile_runs_eagerly_with_a_warning(monkeypatch):
+    algo, source, params = setup("mlp", inner_steps=2)
+    eager = meta_gradient(algo, source, params, True)
+
+    def backend_without_the_op(graph, example_inputs):
+        raise RuntimeError("no kernel for this op")
+
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compile(fn, backend=backend_without_the_op))
+    with pytest.warns(UserWarning, match="train.compile: torch could not compile .* runs eagerly .*BackendCompilerFailed"):
+        np.testing.assert_array_equal(meta_gradient(algo, source, params, True, compiled=True), eager)
+
+
+def test_workers_reuse_freed_memory_instead_of_faulting_it_in_again():
+    """Activation-sized blocks freed together leave glibc's heap by default, so every step faults them in
+    again (page by page where the kernel has no transparent huge pages, as here); a worker's heap keeps them."""
+
+    def faults(reuse: bool) -> int:
+        script = f"""
+import resource, torch
+from cluster.worker import reuse_freed_memory
+if {reuse}:
+    reuse_freed_memory()
+def step():
+    activations = [torch.ones(4 * 2**20) for _ in range(4)]  # 64 MiB, freed together
+for _ in range(2):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+        out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    default, reused = faults(False), faults(True)
+    assert reused < default / 100 and default > 1000
 
 
 def test_compile_and_checkpoint_inner_are_refused_together():

@@ -26,7 +26,7 @@ NAME = "omniglot-served"
 CHAMPION = f"models:/{NAME}@champion"
 TRAIN = [
     f"data.source={OMNIGLOT}", "data.rotations=false", "model.width=16", "train.steps=100", "train.meta_batch=8", "train.outer_lr=0.003", "task.queries=5",
-    "eval.tasks=20", "eval.steps=[1]", "register.metric=eval_post_adapt_acc",
+    "eval.tasks=20", "eval.steps=[1]", "register.metric=eval_post_adapt_acc", "train.compile=false",
 ]
 
 
