@@ -10,7 +10,6 @@ from meta_core.build import build_learner, build_source, vectorized
 from meta_core.flat import Layout
 from meta_core.step import evaluate_tasks, share_gradient
 
-
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 
 
