@@ -16,11 +16,11 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 def reuse_freed_memory() -> None:
     """Make glibc's malloc keep freed memory for the next step instead of handing it back to the OS.
 
-    Torch takes CPU tensors straight from malloc, which serves blocks of a conv net's
-    activation size with fresh ``mmap``s and unmaps them when freed: every step then
-    page-faults its activations in again, about 13,000 faults and a sixth of the time of
-    a 5-way Omniglot task. From a heap that is never trimmed, each step reuses the
-    previous step's pages, as CUDA's caching allocator does. A no-op off glibc.
+    Torch takes CPU tensors straight from malloc, which by default serves blocks of a conv
+    net's activation size with fresh ``mmap``s, and unmaps or trims them when they are
+    freed: every step then page-faults its activations in again, about 13,000 faults and
+    a sixth of the time of a 5-way Omniglot task. From a heap that is never trimmed, each
+    step reuses the previous step's pages, as CUDA's caching allocator does. A no-op off glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
