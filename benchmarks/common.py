@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 
 
-def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu") -> tuple[dict, dict]:
+def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu", overrides=()) -> tuple[dict, dict]:
     """The config and task splits of ``sinusoid`` (MLP, meta-batch 25, 10-shot) or ``omniglot``
-    (5-way 1-shot, conv4, meta-batch 32, 15 queries, 1 inner step, second order) from the prepared shared zips.
-    On CUDA the workers share one card: ``num_gpus`` is 1/workers each."""
+    (5-way 1-shot, conv4, meta-batch 32, 15 queries, 1 inner step, second order) from the prepared shared zips,
+    with ``overrides`` (``key=value``) on top. On CUDA the workers share one card: ``num_gpus`` is 1/workers each."""
     from pipelines.config import CONFIG_DIR, load
 
     gpus = 1 / workers if device == "cuda" else 0
-    overrides = [f"cluster.workers={workers}", f"cluster.num_gpus={gpus}"]
+    overrides = [f"cluster.workers={workers}", f"cluster.num_gpus={gpus}", *overrides]
     if name == "sinusoid":
         return load(str(CONFIG_DIR / "sinusoid.yaml"), overrides), {"train": None, "test": None}
     import data

@@ -5,6 +5,8 @@
 # its share with vmap (auto on GPU). Arguments after WORKERS go to benchmarks.run and
 # override these: `--workloads sinusoid omniglot --skip aggregation` adds the sinusoid
 # and the memory section (about 8 minutes in all), `--max-minutes 5` trains longer.
+# The throughput rows run eagerly: compiling the conv net's meta-gradient for CUDA has
+# not been timed yet and could take minutes of the five; `--set train.compile=true` tries it.
 #   bash benchmarks/gpu.sh [WORKERS] [benchmarks.run options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +16,4 @@ export RAY_USAGE_STATS_ENABLED=0
 workers=${1:-2}
 shift || true
 exec "$python" -m benchmarks.run --device cuda --workers 1 "$workers" --steps 5 --target 0.9 --tta-width 64 \
-    --max-minutes 0.75 --eval-every 25 --workloads omniglot --skip memory aggregation "$@"
+    --max-minutes 0.75 --eval-every 25 --workloads omniglot --skip memory aggregation --set train.compile=false "$@"

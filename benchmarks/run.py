@@ -6,7 +6,7 @@ PyTorch MAML of benchmarks/baseline.py; then driver vs all-reduce aggregation
 over model sizes (benchmarks/aggregation.py). Rows are medians; ``x base`` is the
 ratio to the baseline row of the same section (tasks/s, or seconds to target).
 
-    .venv/bin/python -m benchmarks.run [--quick] [--device cuda] [--width 64] [--target 0.9] [--max-minutes 3]
+    .venv/bin/python -m benchmarks.run [--quick] [--device cuda] [--width 64] [--target 0.9] [--max-minutes 3] [--set train.compile=false]
 """
 
 import argparse
@@ -21,7 +21,7 @@ SINUSOID_STEPS = 10  # sinusoid steps are about 100x cheaper: time 10x as many, 
 
 
 def throughput(args) -> list[str]:
-    base = {"steps": args.steps, "warmup": 2, "width": args.width, "device": args.device}
+    base = {"steps": args.steps, "warmup": 2, "width": args.width, "device": args.device, "overrides": args.overrides}
     scaled = {"steps": args.steps * SINUSOID_STEPS, "warmup": 2 * SINUSOID_STEPS}
     rows = [("baseline", {"mode": "baseline"}), ("baseline, heap", {"mode": "baseline", "reuse_memory": True})]
     rows += [("in-process loop", {"mode": "loop", "threads": 1}), ("in-process vmap", {"mode": "vmap", "threads": 1})]
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=2.0, help="training minutes per side before giving up")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-tasks", type=int, default=50)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for the throughput rows")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "tta", "aggregation"])
     args = parser.parse_args()
     if args.quick:

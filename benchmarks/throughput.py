@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.common import median_seconds, peak_gpu_mib, peak_rss_mib, workload
 
-DEFAULTS = {"workers": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False}
+DEFAULTS = {"workers": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False, "overrides": []}
 
 
 def task_gflop(baseline, task) -> float:
@@ -45,7 +45,7 @@ def measure(spec: dict) -> dict:
     from meta_core.tasks import TRAIN
 
     spec = {**DEFAULTS, **spec}
-    config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"])
+    config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"], spec["overrides"])
     train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
     torch.set_num_threads(spec["threads"] or torch.get_num_threads())
     if spec["reuse_memory"] or spec["mode"] in ("loop", "vmap"):
