@@ -33,7 +33,8 @@ def task_gflop(baseline, task) -> float:
 
 
 def measure(spec: dict) -> dict:
-    """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per step."""
+    """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per
+    step; for the pipeline, also the median seconds of an empty call to a worker (Ray's bare round trip)."""
     from benchmarks.baseline import BaselineMAML
     from cluster.driver import Driver, connect
     from cluster.worker import reuse_freed_memory
@@ -87,6 +88,7 @@ def measure(spec: dict) -> dict:
         peaks = ray.get([w.__ray_call__.remote(lambda worker: (peak_rss_mib(), peak_gpu_mib())) for w in driver.workers])
         result["worker_mib"] = max(rss for rss, _ in peaks)
         result["gpu_mib"] = max(gpu for _, gpu in peaks)
+        result["call_s"] = median_seconds(lambda i: ray.get(driver.workers[0].node.remote()), 50, 5)  # an empty actor call
         driver.shutdown()
         ray.shutdown()
     result["driver_mib"] = peak_rss_mib()
