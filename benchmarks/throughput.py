@@ -6,9 +6,9 @@ computation in-process on one thread (what one worker does, without Ray);
 ``ray`` is the full driver + workers path at ``workers`` workers of one thread
 each, with the workers' automatic loop/vmap choice. Workers keep freed memory
 for reuse (``cluster.worker.reuse_freed_memory``), and so do the in-process rows;
-``reuse_memory`` gives the baseline the same setting, to show what it alone is worth. Every step includes
-drawing its tasks and the Adam update; the two warm-up steps
-take any compiling (`train.compile`, and each pre-adaptation variant).
+``reuse_memory`` gives the baseline the same setting, to show what it alone is
+worth. Every step includes drawing its tasks and the Adam update; the two
+warm-up steps take any compiling (``train.compile``, each pre-adaptation variant).
 
     .venv/bin/python -m benchmarks.throughput --measure '{"workload": "sinusoid", "mode": "ray", "workers": 2}'
 """
