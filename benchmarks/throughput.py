@@ -48,7 +48,8 @@ def measure(spec: dict) -> dict:
     spec = {**DEFAULTS, **spec}
     config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"], spec["overrides"])
     train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
-    torch.set_num_threads(spec["threads"] or torch.get_num_threads())
+    if spec["threads"]:  # else torch's default, as in the pipeline's driver: setting it there starts OpenMP
+        torch.set_num_threads(spec["threads"])  # threads that spin-wait on the cores the workers compute on
     if spec["reuse_memory"] or spec["mode"] in ("loop", "vmap"):
         reuse_freed_memory()
     algo = build_learner(config)

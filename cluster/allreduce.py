@@ -33,7 +33,7 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
         collective.init_collective_group(world_size, rank, backend=backend, group_name=group)
         self.rank, self.group = rank, group
 
-    def reduced_gradient(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray | None, dict[str, float]]:
+    def reduced_gradient(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray | None, dict[str, float]]:
         """The group's summed meta-gradient (float32, rank 0 only; None elsewhere), and this share's summed metrics."""
         total, sums = self.share(flat, step, indices)
         summed = torch.from_numpy(total.astype(np.float32)).to(self.device)

@@ -45,9 +45,10 @@ def split(n: int, parts: int) -> list[list[int]]:
 
 def broadcast(flat: np.ndarray):
     """What each worker's call carries: the parameters in the object store once, shared by every call (and
-    zero-copy on every worker of a node), or, when Ray would inline them anyway, the array itself: a small
-    model then skips the object store's round trip, about 1 ms per step."""
-    return flat if flat.nbytes <= INLINE_BYTES else ray.put(flat)
+    zero-copy on every worker of a node), or, when Ray would inline them anyway, their bytes: a small model
+    then skips the object store's round trip (about 1 ms per step), and Ray's array serialization, which
+    costs about 0.2 ms more per call than plain bytes."""
+    return flat.tobytes() if flat.nbytes <= INLINE_BYTES else ray.put(flat)
 
 
 class Driver:
@@ -85,7 +86,7 @@ class Driver:
         total = np.zeros(flat.size, dtype=np.float64)
         sums: dict[str, float] = {}
         for grad, metrics in results:
-            total += grad
+            total += np.frombuffer(grad, np.float32)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
         return total / self.meta_batch, {k: v / self.meta_batch for k, v in sums.items()}
