@@ -13,13 +13,12 @@ import ray
 import torch
 from ray.exceptions import RayError, RayTaskError
 
-from cluster.worker import MetaWorker
+from cluster.worker import INLINE_BYTES, MetaWorker, from_wire, to_wire
 from meta_core.flat import Layout
 
 MAX_ATTEMPTS = 5  # share timeouts a call may take before the step is given up
 STARTUP_S = 600  # for every worker to be placed and built (an autoscaler may be adding nodes)
 RETRY_S = 1.0  # how often a failed call is tried again while no worker is healthy
-INLINE_BYTES = 100 * 1024  # Ray sends call arguments up to this size inside the call itself (max_direct_call_object_size)
 
 
 def connect(address: str | None) -> None:
@@ -43,12 +42,11 @@ def split(n: int, parts: int) -> list[list[int]]:
     return [s.tolist() for s in np.array_split(np.arange(n), min(parts, n))]
 
 
-def broadcast(flat: np.ndarray):
+def broadcast(flat: np.ndarray) -> bytes | ray.ObjectRef:
     """What each worker's call carries: the parameters in the object store once, shared by every call (and
-    zero-copy on every worker of a node), or, when Ray would inline them anyway, their bytes: a small model
-    then skips the object store's round trip (about 1 ms per step), and Ray's array serialization, which
-    costs about 0.2 ms more per call than plain bytes."""
-    return flat.tobytes() if flat.nbytes <= INLINE_BYTES else ray.put(flat)
+    zero-copy on every worker of a node), or, when Ray would inline them anyway, inside each call
+    (``to_wire``): a small model then skips the object store's round trip, about 1 ms per step."""
+    return to_wire(flat) if flat.nbytes <= INLINE_BYTES else ray.put(flat)
 
 
 class Driver:
@@ -86,7 +84,7 @@ class Driver:
         total = np.zeros(flat.size, dtype=np.float64)
         sums: dict[str, float] = {}
         for grad, metrics in results:
-            total += np.frombuffer(grad, np.float32)
+            total += from_wire(grad)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
         return total / self.meta_batch, {k: v / self.meta_batch for k, v in sums.items()}

@@ -13,6 +13,7 @@ import torch
 from benchmarks.baseline import BaselineMAML
 from cluster.allreduce import AllreduceDriver, make_driver
 from cluster.driver import Driver
+from cluster.worker import INLINE_BYTES, from_wire, to_wire
 from meta_core.algorithms import build_algorithm
 from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of
@@ -162,3 +163,11 @@ def test_allreduce_path_equals_the_driver_path(ray_local):
         np.testing.assert_allclose(reduced, grad, rtol=1e-5, atol=1e-7)
         assert reduced_metrics == pytest.approx(metrics)
     assert not np.allclose(results["driver"][0][0], results["driver"][1][0])  # different steps, different tasks
+
+
+def test_arrays_cross_processes_as_bytes_up_to_rays_inline_size_and_arrive_unchanged():
+    for size in (1761, INLINE_BYTES // 4, INLINE_BYTES // 4 + 1):
+        array = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+        wire = to_wire(array)
+        assert isinstance(wire, bytes) == (size * 4 <= INLINE_BYTES)
+        np.testing.assert_array_equal(from_wire(wire), array)
