@@ -5,11 +5,14 @@ Only the communication is timed. The workers are the pipeline's own actors with
 computation costs nothing; everything else is the real path: the float32
 parameters put into the object store, one call per worker, float32 gradients
 (the driver path: one per worker, summed by the driver in float64; the
-all-reduce path: a gloo ring among the workers, rank 0's sum back). The outer
-optimizer's step, the same for both, is left out. Both drivers are alive at
-once and the sizes alternate between them, so both see the same machine.
+all-reduce path: parameters to rank 0 and broadcast in the group, a gloo ring
+among the workers, rank 0's sum back). The outer optimizer's step, the same for
+both, is left out. For each size both drivers are alive at once and measured
+one after the other, so both see the same machine.
 
-    .venv/bin/python -m benchmarks.aggregation [--quick]
+    .venv/bin/python -m benchmarks.aggregation [--quick] [--workers 2 4] [--steps 15]
+
+With ``RAY_ADDRESS`` set it runs on that cluster (``simulated_cluster.sh``: nodes behind shaped links).
 """
 
 import argparse
@@ -17,6 +20,7 @@ import json
 
 import numpy as np
 import ray
+import torch
 
 from benchmarks.common import in_fresh_process, median_seconds
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
@@ -28,10 +32,10 @@ QUICK_SIZES = [100_000, 1_000_000, 10_000_000]
 PAYS = 0.9  # all-reduce s / driver s below which it counts as faster: under the ±10-20% noise between runs, no claim
 
 
-def fixed_share(self, flat: np.ndarray, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
-    """A share that costs nothing: the same float64 gradient of ``flat``'s size every call."""
-    if getattr(self, "fixed", np.empty(0)).size != flat.size:
-        self.fixed = np.ones(flat.size)
+def fixed_share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+    """A share that costs nothing: the same float64 gradient of ``params``' size every call."""
+    if getattr(self, "fixed", np.empty(0)).size != params.numel():
+        self.fixed = np.ones(params.numel())
     return self.fixed, {}
 
 
@@ -47,24 +51,21 @@ class FreeAllreduceWorker(AllreduceWorker.__ray_actor_class__):
 
 def measure(spec: dict) -> dict:
     """Median seconds of one meta-step's aggregation, per size, for both paths at ``spec['workers']`` workers."""
-    from meta_core.flat import layout_of
-    from meta_core.models import build_model, init_params
     from pipelines.config import CONFIG_DIR, load
 
     workers = spec["workers"]
     # two drivers of `workers` workers share the machine's CPUs; meta-batch 25 gives every worker a share
     config = load(str(CONFIG_DIR / "sinusoid.yaml"), [f"cluster.workers={workers}", f"cluster.num_cpus={1 / workers}"])
-    splits, layout = {"train": None, "test": None}, layout_of(init_params(build_model("mlp"), 0))
+    splits, rows = {"train": None, "test": None}, []
     connect(None)
-    driver = Driver(config, splits, layout, worker_cls=FreeWorker)
-    allreduce = AllreduceDriver(config, splits, layout, worker_cls=FreeAllreduceWorker)
-    rows = []
     for size in spec["sizes"]:
+        layout = [("flat", (size,))]  # what the workers receive a broadcast of
+        drivers = [Driver(config, splits, layout, worker_cls=FreeWorker), AllreduceDriver(config, splits, layout, worker_cls=FreeAllreduceWorker)]
         flat = np.random.default_rng(size).standard_normal(size, dtype=np.float32)
-        seconds = [median_seconds(lambda i: d.gradient(flat, i), spec["steps"], spec["warmup"]) for d in (driver, allreduce)]
+        seconds = [median_seconds(lambda i: d.gradient(flat, i), spec["steps"], spec["warmup"]) for d in drivers]
         rows.append({"params": size, "driver_s": seconds[0], "allreduce_s": seconds[1]})
-    driver.shutdown()
-    allreduce.shutdown()
+        for d in drivers:
+            d.shutdown()
     ray.shutdown()
     return {"rows": rows}
 
@@ -97,19 +98,21 @@ def table(worker_counts: list[int], sizes: list[int], steps: int, warmup: int) -
     return lines
 
 
-def sweep(quick: bool) -> list[str]:
-    """The table at 2 and 4 workers over SIZES (about 2 minutes on 2 cores), or a smoke run."""
+def sweep(quick: bool, workers: list[int] = (2, 4), steps: int = 15) -> list[str]:
+    """The table at each of ``workers`` over SIZES (about 2 minutes on 2 cores at 2 and 4), or a smoke run."""
     if quick:
         return table([2], QUICK_SIZES, steps=3, warmup=1)
-    return table([2, 4], SIZES, steps=15, warmup=3)
+    return table(list(workers), SIZES, steps=steps, warmup=3)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 workers, three sizes up to 10M, 3 steps: a smoke run")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4], help="worker counts, one table block each")
+    parser.add_argument("--steps", type=int, default=15, help="timed meta-steps per size and path, after 3 warm-up")
     parser.add_argument("--measure", help="a JSON spec: workers, sizes, steps, warmup (one fresh-process measurement)")
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(json.loads(args.measure))))
     else:
-        print("\n".join(sweep(args.quick)))
+        print("\n".join(sweep(args.quick, args.workers, args.steps)))

@@ -1,11 +1,18 @@
-"""All-reduce aggregation (``cluster.aggregation: allreduce``) for large models.
+"""All-reduce aggregation (``cluster.aggregation: allreduce``) for many workers on several nodes.
 
 With the default aggregation every worker sends its share's flat gradient to
 the driver, which adds them up: for a 10M-parameter model that is 40 MB per
 worker into one process every step. Here the workers join a
 ``ray.util.collective`` group (gloo on CPU, nccl on GPU) and sum their
 gradients in a ring among themselves; only rank 0 returns the sum, so the
-driver receives one gradient whatever the number of workers.
+driver receives one gradient whatever the number of workers. The parameters
+take the same way out: the driver sends them to rank 0 alone, and the group
+spreads them with an all-reduce against zeros, a ring in which every link
+carries about two copies whatever the group's size (gloo's broadcast would
+send rank 0's copy to each rank in turn). The driver's link then carries one
+copy of the parameters and one of the gradient per step, not one of each per
+worker: from 4 workers on several nodes this pays at every model size
+(benchmarks/README.md).
 
 The price is fault handling: the group needs every member, so a worker lost
 mid-step fails the step instead of having its share recomputed elsewhere.
@@ -21,7 +28,7 @@ from ray.util import collective
 
 from cluster.driver import MAX_ATTEMPTS, Driver, broadcast, split
 from cluster.worker import MetaWorker
-from meta_core.flat import Layout
+from meta_core.flat import Layout, numel
 
 
 @ray.remote
@@ -33,9 +40,12 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
         collective.init_collective_group(world_size, rank, backend=backend, group_name=group)
         self.rank, self.group = rank, group
 
-    def reduced_gradient(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray | None, dict[str, float]]:
-        """The group's summed meta-gradient (float32, rank 0 only; None elsewhere), and this share's summed metrics."""
-        total, sums = self.share(flat, step, indices)
+    def reduced_gradient(self, flat: np.ndarray | bytes | None, step: int, indices: list[int]) -> tuple[np.ndarray | None, dict[str, float]]:
+        """The group's summed meta-gradient (float32, rank 0 only; None elsewhere), and this share's summed metrics.
+        Only rank 0 gets the parameters (``flat``, None elsewhere); summed with the others' zeros, they reach every rank."""
+        params = self.params(flat) if self.rank == 0 else torch.zeros(numel(self.layout), device=self.device)
+        collective.allreduce(params, group_name=self.group)
+        total, sums = self.share(params, step, indices)
         summed = torch.from_numpy(total.astype(np.float32)).to(self.device)
         collective.allreduce(summed, group_name=self.group)
         return (summed.cpu().numpy() if self.rank == 0 else None), sums
@@ -52,7 +62,8 @@ class AllreduceDriver(Driver):
     def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
         params_ref = broadcast(flat)
         shares = split(self.meta_batch, len(self.workers))
-        refs = [w.reduced_gradient.remote(params_ref, step, idx) for w, idx in zip(self.workers, shares)]
+        sent = [params_ref] + [None] * (len(self.workers) - 1)  # rank 0 spreads them to the group
+        refs = [w.reduced_gradient.remote(p, step, idx) for w, p, idx in zip(self.workers, sent, shares)]
         results = ray.get(refs, timeout=MAX_ATTEMPTS * self.timeout)
         sums: dict[str, float] = {}
         for _, metrics in results:

@@ -67,15 +67,15 @@ class MetaWorker:
     def params(self, flat: np.ndarray | bytes) -> torch.Tensor:
         return torch.tensor(from_wire(flat), device=self.device)  # a copy: object-store arrays are read-only
 
-    def share(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
-        """Summed meta-gradient (float64) and metrics of this share; pre-adaptation metrics every few steps."""
+    def share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+        """Summed meta-gradient (float64) and metrics of this share at ``params``; pre-adaptation metrics every few steps."""
         self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
-        flat_params, source = self.params(flat), self.sources["train"]
-        return share_gradient(self.algo, source, flat_params, self.layout, self.seed, step, indices, self.vectorize, self.compiled)
+        source = self.sources["train"]
+        return share_gradient(self.algo, source, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled)
 
     def meta_gradient(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray | bytes, dict[str, float]]:
         """Summed meta-gradient of this share as float32 (accumulated in float64; ``to_wire``), and summed metrics."""
-        total, sums = self.share(flat, step, indices)
+        total, sums = self.share(self.params(flat), step, indices)
         return to_wire(total.astype(np.float32)), sums
 
     def evaluate(self, flat: np.ndarray | bytes, stream: int, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:

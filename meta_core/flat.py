@@ -12,6 +12,11 @@ def layout_of(params: Params) -> Layout:
     return [(k, tuple(v.shape)) for k, v in params.items()]
 
 
+def numel(layout: Layout) -> int:
+    """How many values the flat vector of ``layout`` holds."""
+    return sum(int(np.prod(shape, dtype=np.int64)) for _, shape in layout)
+
+
 def flatten(params: Params, dtype=torch.float32) -> torch.Tensor:
     return torch.cat([v.detach().reshape(-1).to(dtype) for v in params.values()])
 
