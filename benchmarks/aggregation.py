@@ -1,13 +1,13 @@
-"""Where all-reduce aggregation starts to pay: ``Driver.gradient`` vs ``AllreduceDriver.gradient`` by model size.
+"""Where all-reduce aggregation starts to pay: ``Driver.gradient`` vs ``AllreduceDriver.gradient`` by model size and workers.
 
 Only the communication is timed. The workers are the pipeline's own actors with
 ``share`` replaced by a fixed gradient of the model's size, so the per-task
 computation costs nothing; everything else is the real path: the float32
 parameters put into the object store, one call per worker, float32 gradients
 (the driver path: one per worker, summed by the driver in float64; the
-all-reduce path: parameters to rank 0 and broadcast in the group, a gloo ring
-among the workers, rank 0's sum back). The outer optimizer's step, the same for
-both, is left out. For each size both drivers are alive at once and measured
+all-reduce path: parameters to rank 0, spread by an all-reduce in the group,
+the gradients summed in a gloo ring, rank 0's sum back). The outer optimizer's
+step, the same for both, is left out. For each size both drivers are alive at once and measured
 one after the other, so both see the same machine.
 
     .venv/bin/python -m benchmarks.aggregation [--quick] [--workers 2 4] [--steps 15]
@@ -59,7 +59,7 @@ def measure(spec: dict) -> dict:
     splits, rows = {"train": None, "test": None}, []
     connect(None)
     for size in spec["sizes"]:
-        layout = [("flat", (size,))]  # what the workers receive a broadcast of
+        layout = [("flat", (size,))]  # the parameter vector that rank 0 spreads
         drivers = [Driver(config, splits, layout, worker_cls=FreeWorker), AllreduceDriver(config, splits, layout, worker_cls=FreeAllreduceWorker)]
         flat = np.random.default_rng(size).standard_normal(size, dtype=np.float32)
         seconds = [median_seconds(lambda i: d.gradient(flat, i), spec["steps"], spec["warmup"]) for d in drivers]
@@ -98,7 +98,7 @@ def table(worker_counts: list[int], sizes: list[int], steps: int, warmup: int) -
     return lines
 
 
-def sweep(quick: bool, workers: list[int] = (2, 4), steps: int = 15) -> list[str]:
+def sweep(quick: bool, workers: tuple[int, ...] = (2, 4), steps: int = 15) -> list[str]:
     """The table at each of ``workers`` over SIZES (about 2 minutes on 2 cores at 2 and 4), or a smoke run."""
     if quick:
         return table([2], QUICK_SIZES, steps=3, warmup=1)
@@ -115,4 +115,4 @@ if __name__ == "__main__":
     if args.measure:
         print(json.dumps(measure(json.loads(args.measure))))
     else:
-        print("\n".join(sweep(args.quick, args.workers, args.steps)))
+        print("\n".join(sweep(args.quick, tuple(args.workers), args.steps)))
