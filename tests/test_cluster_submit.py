@@ -63,9 +63,10 @@ def cluster(tmp_path):
     finally:
         for process, temp in started:  # only what this test started: each node's own process group
             with_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10  # for all of them together; what is left then is killed with its group
         for process, temp in started:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
             with_group(process.pid, signal.SIGKILL)
