@@ -14,19 +14,25 @@ copy of the parameters and one of the gradient per step, not one of each per
 worker: from 4 workers on several nodes this pays at every model size
 (benchmarks/README.md).
 
-The price is fault handling: the group needs every member, so a worker lost
-mid-step fails the step instead of having its share recomputed elsewhere.
+A group needs every member, and one that lost a member cannot be formed again
+in place (torch.distributed's process group outlives it in every survivor). So
+a step that fails, through a lost worker or by taking over ``share_timeout_s``,
+is computed again, with the same tasks, by new workers in a new group: slower
+to recover than the driver path's per-share re-dispatch, with the same result.
 Evaluation is unchanged (the driver's per-call dispatch).
 """
 
+import time
 import uuid
+import warnings
 
 import numpy as np
 import ray
 import torch
+from ray.exceptions import GetTimeoutError, RayError
 from ray.util import collective
 
-from cluster.driver import MAX_ATTEMPTS, Driver, broadcast, split
+from cluster.driver import Driver, broadcast, split
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout, numel
 
@@ -56,15 +62,37 @@ class AllreduceDriver(Driver):
 
     def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout, worker_cls=AllreduceWorker):
         super().__init__(config, splits, layout, worker_cls=worker_cls)
+        self.form_group()
+
+    def form_group(self) -> None:
+        """Every worker, ranked in worker order, in a new collective group."""
         group = f"meta-{uuid.uuid4().hex[:8]}"
         ray.get([w.join.remote(len(self.workers), rank, group) for rank, w in enumerate(self.workers)], timeout=self.timeout)
 
     def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
+        """As ``Driver.gradient``; a failed step is computed again by new workers in a new group (once)."""
+        try:
+            return self.reduced(flat, step)
+        except RayError as error:
+            warnings.warn(f"step {step}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers")
+            self.shutdown()
+            self.workers, self.probes = self.start_workers(), {}
+            self.form_group()
+            return self.reduced(flat, step)
+
+    def reduced(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
+        """One try of the step by the current group; raises the first error or a timeout."""
         params_ref = broadcast(flat)
         shares = split(self.meta_batch, len(self.workers))
         sent = [params_ref] + [None] * (len(self.workers) - 1)  # rank 0 spreads them to the group
         refs = [w.reduced_gradient.remote(p, step, idx) for w, p, idx in zip(self.workers, sent, shares)]
-        results = ray.get(refs, timeout=MAX_ATTEMPTS * self.timeout)
+        pending, deadline = refs, time.monotonic() + self.timeout
+        while pending:  # a lost member's error at once, not after the others' collective gives up on it
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise GetTimeoutError(f"the group's step took over share_timeout_s ({self.timeout}s)")
+            ray.get(ready)
+        results = ray.get(refs)
         sums: dict[str, float] = {}
         for _, metrics in results:
             for k, v in metrics.items():

@@ -19,14 +19,14 @@ def config(*overrides: str) -> dict:
     return load("sinusoid", ["train.meta_batch=6", f"train.steps={STEPS}", "train.compile=false", *overrides])
 
 
-def train(config: dict, worker_cls=MetaWorker, between_steps=lambda step, driver: None) -> np.ndarray:
+def train(config: dict, worker_cls=MetaWorker, between_steps=lambda step, driver: None, driver_cls=Driver) -> np.ndarray:
     """The outer loop of ``pipelines.stages.train`` without MLflow; returns the final flat parameters."""
     algo = build_learner(config)
     params = algo.init(init_params(algo.model, config["seed"]))
     layout = layout_of(params)
     flat = flatten(params).clone()
     optimizer = make_optimizer(config["train"]["optimizer"], flat, config["train"]["outer_lr"])
-    driver = Driver(config, {"train": None, "test": None}, layout, worker_cls)
+    driver = driver_cls(config, {"train": None, "test": None}, layout, worker_cls)
     try:
         for step in range(config["train"]["steps"]):
             between_steps(step, driver)

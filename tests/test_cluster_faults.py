@@ -1,4 +1,5 @@
-"""Faults on one node: a worker killed mid-step, and a straggler. Training must end where a fault-free run ends."""
+"""Faults on one node: a worker killed mid-step, and a straggler, on both aggregation paths. Training must end where a
+fault-free run ends."""
 
 import os
 import signal
@@ -6,8 +7,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import ray
 
+from cluster.allreduce import AllreduceDriver, AllreduceWorker
 from tests.cluster_helpers import WorkerBase, config, train
 
 FAULT_STEP = 2
@@ -66,3 +69,29 @@ def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
     assert (tmp_path / "slow").exists(), "the straggler never stalled"
     assert time.monotonic() - started < delay_s / 2
     np.testing.assert_allclose(slow, expected, rtol=0, atol=1e-6)
+
+
+def faulty_in_group(marker: Path, fault: str):
+    class FaultyInGroup(AllreduceWorker.__ray_actor_class__):
+        """Kills its own process, or stalls for a minute, inside the first share of step FAULT_STEP it gets:
+        after the group spread the parameters, before it sums the gradients."""
+
+        def share(self, params, step, indices):
+            if step == FAULT_STEP and once(marker):
+                os.kill(os.getpid(), signal.SIGKILL) if fault == "killed" else time.sleep(60)
+            return super().share(params, step, indices)
+
+    return ray.remote(FaultyInGroup)
+
+
+@pytest.mark.parametrize("fault, seen_as", [("killed", "ActorDiedError|RayTaskError"), ("straggling", "GetTimeoutError")])
+def test_allreduce_step_that_fails_is_computed_again_by_a_new_group_and_parameters_match(ray_local, tmp_path, fault, seen_as):
+    cfg = config("cluster.workers=2", "cluster.aggregation=allreduce", "cluster.share_timeout_s=5")
+    expected = train(cfg, AllreduceWorker, driver_cls=AllreduceDriver)
+    started = time.monotonic()
+    # a lost worker is seen at once (its own death, or its peer's broken connection), a stalled one at the timeout
+    with pytest.warns(UserWarning, match=rf"step 2: the all-reduce group failed \(({seen_as})"):
+        faulty = train(cfg, faulty_in_group(tmp_path / fault, fault), driver_cls=AllreduceDriver)
+    assert (tmp_path / fault).exists(), "the fault was never injected"
+    assert time.monotonic() - started < 50
+    np.testing.assert_allclose(faulty, expected, rtol=0, atol=1e-6)
