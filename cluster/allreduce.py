@@ -76,7 +76,7 @@ class AllreduceDriver(Driver):
         except RayError as error:
             warnings.warn(f"step {step}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers")
             self.shutdown()
-            self.workers, self.probes = self.start_workers(), {}
+            self.start_workers()
             self.form_group()
             return self.reduced(flat, step)
 

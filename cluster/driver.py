@@ -58,11 +58,10 @@ class Driver:
         self.timeout = cluster["share_timeout_s"]
         self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for restarts
         self.config, self.layout, self.worker_cls = config, layout, worker_cls
-        self.workers = self.start_workers()
-        self.probes: dict[ray.ObjectRef, int] = {}  # a ping to each worker that failed or stalled
+        self.start_workers()
 
-    def start_workers(self) -> list[ray.actor.ActorHandle]:
-        """``cluster.workers`` new workers, once every one of them is placed and built."""
+    def start_workers(self) -> None:
+        """``cluster.workers`` new workers as ``self.workers``, once every one of them is placed and built."""
         cluster = self.config["cluster"]
         options = dict(
             num_cpus=cluster["num_cpus"],
@@ -72,17 +71,16 @@ class Driver:
             max_restarts=-1,
             max_task_retries=0,  # the driver re-dispatches lost shares itself, to whichever worker is free
         )
-        workers = [self.worker_cls.options(**options).remote(self.config, self.splits_ref, self.layout) for _ in range(cluster["workers"])]
-        started, _ = ray.wait([w.node.remote() for w in workers], num_returns=len(workers), timeout=STARTUP_S)
-        if len(started) < len(workers):  # share timeouts start counting only once every worker is up
-            for worker in workers:
-                ray.kill(worker)
+        self.workers = [self.worker_cls.options(**options).remote(self.config, self.splits_ref, self.layout) for _ in range(cluster["workers"])]
+        self.probes: dict[ray.ObjectRef, int] = {}  # a ping to each worker that failed or stalled
+        started, _ = ray.wait([w.node.remote() for w in self.workers], num_returns=len(self.workers), timeout=STARTUP_S)
+        if len(started) < len(self.workers):  # share timeouts start counting only once every worker is up
+            self.shutdown()
             raise RuntimeError(
-                f"only {len(started)} of cluster.workers={len(workers)} workers started within {STARTUP_S}s: "
+                f"only {len(started)} of cluster.workers={len(self.workers)} workers started within {STARTUP_S}s: "
                 f"the cluster lacks num_cpus={cluster['num_cpus']}, num_gpus={cluster['num_gpus']}, "
                 f"resources={cluster['resources']} per worker"
             )
-        return workers
 
     def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
         """Mean meta-gradient (float64) over the meta-batch of ``step``, and mean metrics."""

@@ -70,8 +70,8 @@ class MetaWorker:
     def share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
         """Summed meta-gradient (float64) and metrics of this share at ``params``; pre-adaptation metrics every few steps."""
         self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
-        source = self.sources["train"]
-        return share_gradient(self.algo, source, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled)
+        train = self.sources["train"]
+        return share_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled)
 
     def meta_gradient(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray | bytes, dict[str, float]]:
         """Summed meta-gradient of this share as float32 (accumulated in float64; ``to_wire``), and summed metrics."""
