@@ -154,6 +154,11 @@ def validate(config: dict) -> None:
             f"config key 'cluster.aggregation': allreduce needs a task per worker, "
             f"train.meta_batch ({flat['train.meta_batch']}) >= cluster.workers ({flat['cluster.workers']})"
         )
+    if flat["cluster.aggregation"] == "allreduce" and 0 < flat["cluster.num_gpus"] < 1:
+        raise ConfigError(
+            f"config key 'cluster.num_gpus': allreduce on GPUs needs a whole GPU per worker (nccl runs one rank per GPU), "
+            f"got {flat['cluster.num_gpus']}"
+        )
     if flat["train.compile"] and flat["algorithm.checkpoint_inner"]:
         raise ConfigError("config key 'train.compile': cannot be combined with algorithm.checkpoint_inner (checkpointing needs plain autograd)")
     validate_data(flat)

@@ -144,6 +144,14 @@ def test_allreduce_needs_a_task_per_worker():
         load(str(CONFIG_DIR / "sinusoid.yaml"), ["train.meta_batch=6", "cluster.workers=8", "cluster.aggregation=allreduce"])
 
 
+def test_allreduce_on_shared_gpus_is_refused_before_nccl_would_fail():
+    shared = ["cluster.aggregation=allreduce", "cluster.num_gpus=0.5"]
+    with pytest.raises(ConfigError, match=r"'cluster.num_gpus'.*whole GPU per worker.*got 0.5"):
+        load(str(CONFIG_DIR / "sinusoid.yaml"), shared)
+    load(str(CONFIG_DIR / "sinusoid.yaml"), ["cluster.aggregation=driver", "cluster.num_gpus=0.5"])  # the driver path shares cards
+    load(str(CONFIG_DIR / "sinusoid.yaml"), ["cluster.aggregation=allreduce", "cluster.num_gpus=1"])
+
+
 @pytest.mark.slow
 def test_allreduce_path_equals_the_driver_path(ray_local):
     config = sinusoid_config()
