@@ -22,6 +22,7 @@ NET=10.77.0  # head .1, nodes .2 onwards
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$("$PYTHON" -c 'import secrets; print(secrets.token_hex(32))')"
 export RAY_USAGE_STATS_ENABLED=0 GLOO_SOCKET_IFNAME=eth1  # gloo's ring runs over the shaped link
 NAMESPACES=(msim-head $(for i in $(seq 1 "$NODES"); do echo "msim-$i"; done))
+SESSION=$(mktemp -d /tmp/msim.XXXXXX)  # Ray's logs and address file, so a later ray.init() here finds no stale cluster
 
 cleanup() {
     for ns in "${NAMESPACES[@]}"; do
@@ -34,6 +35,7 @@ cleanup() {
         ip link del "$ns" 2>/dev/null || true
     done
     ip link del msim0 2>/dev/null || true
+    rm -rf "$SESSION"
 }
 trap cleanup EXIT
 
@@ -52,7 +54,7 @@ for i in "${!NAMESPACES[@]}"; do
 done
 
 common=(--object-store-memory=500000000 --disable-usage-stats)
-ip netns exec msim-head "$RAY" start --head --node-ip-address="$NET.1" --num-cpus=0 --include-dashboard=false "${common[@]}" >/dev/null
+ip netns exec msim-head "$RAY" start --head --node-ip-address="$NET.1" --num-cpus=0 --include-dashboard=false --temp-dir="$SESSION" "${common[@]}" >/dev/null
 for i in $(seq 1 "$NODES"); do
     ip netns exec "msim-$i" "$RAY" start --address="$NET.1:6379" --node-ip-address="$NET.$((i + 1))" --num-cpus=1 "${common[@]}" >/dev/null
 done
