@@ -1,5 +1,10 @@
 """The benchmarks' own measuring instruments measure what they claim."""
 
+import json
+import subprocess
+import sys
+
+from benchmarks.common import ROOT
 from benchmarks.memory import measure
 
 
@@ -9,3 +14,15 @@ def test_memory_benchmark_sees_second_order_grow_with_inner_steps_and_checkpoint
     assert mib["second order", 10] > mib["second order", 1] + 20  # each inner step keeps its support-set graph
     assert mib["checkpointed", 10] < mib["second order", 10] - 20
     assert abs(mib["first order", 10] - mib["first order", 1]) < 5
+
+
+def test_share_profile_sees_the_same_operators_and_calls_in_a_worker_as_in_process():
+    """The two sides of benchmarks/profile_share.py must profile the same work, or their differences mean nothing."""
+    script = "import json; from benchmarks.profile_share import measure; print(json.dumps(measure('sinusoid', steps=3, overrides=['train.compile=false'])))"
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
+    here, in_worker, meta_batch = json.loads(out.stdout.strip().splitlines()[-1])
+    assert meta_batch == 25
+    calls = lambda side: {op: round(v[0]) for op, v in side["ops"].items()}  # noqa: E731
+    assert calls(here) == calls(in_worker)
+    assert calls(here)["aten::mse_loss"] > 0  # the MLP's loss, so the share's operators are there
+    assert all(side["wall_ms"] > sum(v[1] for v in side["ops"].values()) > 0 for side in (here, in_worker))

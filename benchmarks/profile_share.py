@@ -1,0 +1,96 @@
+"""Where a share's time goes in a Ray worker against this process: the same share, profiled in both.
+
+The pipeline's worker class is built twice from one config: as the Ray actor a
+``Driver`` starts, and as a plain object in this process. Each computes the whole
+meta-batch as one share, ``--steps`` times after two warm-up steps, under
+``torch.profiler``; the table lists the operators whose self time per step
+differs most between the two (CPU, and on CUDA device time too). A gap such as
+Omniglot's on the H100 (86 ms a step through a worker against 48 ms in-process)
+then shows where it is, or that no operator holds it.
+
+    .venv/bin/python -m benchmarks.profile_share [--workload omniglot] [--device cuda] [--steps 5] [--set KEY=VALUE ...]
+"""
+
+import argparse
+import statistics
+import time
+
+import ray
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.common import workload
+from cluster.driver import Driver, connect
+from cluster.worker import MetaWorker, to_wire
+from meta_core.build import build_learner
+from meta_core.flat import flatten, layout_of
+from meta_core.models import init_params
+
+WARMUP = 2  # steps: the first takes any compiling, and step 0 the pre-adaptation variant
+
+
+def profiled_shares(worker, flat, meta_batch: int, steps: int) -> dict:
+    """Median wall ms of ``worker.share`` over the whole meta-batch, and per operator its calls and self CPU and
+    device ms, each per step. Runs wherever ``worker`` lives: in an actor through ``__ray_call__``, or here."""
+    params, indices = worker.params(flat), list(range(meta_batch))
+    for step in range(WARMUP):
+        worker.share(params, step, indices)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if worker.device.type == "cuda" else [])
+    walls = []
+    with profile(activities=activities) as prof:
+        for step in range(WARMUP, WARMUP + steps):
+            started = time.perf_counter()
+            worker.share(params, step, indices)  # ends with the sum copied to the host: the device is done
+            walls.append(time.perf_counter() - started)
+    ops = {e.key: (e.count / steps, e.self_cpu_time_total / 1e3 / steps, e.self_device_time_total / 1e3 / steps) for e in prof.key_averages()}
+    return {"wall_ms": 1e3 * statistics.median(walls), "ops": ops}
+
+
+def table(here: dict, worker: dict, meta_batch: int, top: int = 15) -> list[str]:
+    """Both walls, the per-step totals, and the ``top`` operators by their largest difference."""
+    lines = [
+        f"one share of the whole meta-batch ({meta_batch} tasks), median ms: in this process {here['wall_ms']:.2f}, "
+        f"in a Ray worker {worker['wall_ms']:.2f} ({worker['wall_ms'] - here['wall_ms']:+.2f})",
+        f"{'operator (self time, ms per step)':<44} {'calls':>6} {'cpu here':>9} {'worker':>8} {'diff':>8} {'dev here':>9} {'worker':>8} {'diff':>8}",
+    ]
+    missing = (0.0, 0.0, 0.0)
+
+    def row(name: str, a: tuple, b: tuple) -> str:
+        return f"{name[:44]:<44} {a[0] or b[0]:>6.0f} {a[1]:>9.2f} {b[1]:>8.2f} {b[1] - a[1]:>+8.2f} {a[2]:>9.2f} {b[2]:>8.2f} {b[2] - a[2]:>+8.2f}"
+
+    total = lambda ops: (0, sum(v[1] for v in ops.values()), sum(v[2] for v in ops.values()))  # noqa: E731
+    here_total, worker_total = total(here["ops"]), total(worker["ops"])
+    lines.append(row("all operators", here_total, worker_total))
+    outside = lambda side, t: (0, side["wall_ms"] - t[1], 0.0)  # noqa: E731  Python between operators, waits
+    lines.append(row("outside operators (wall - their CPU time)", outside(here, here_total), outside(worker, worker_total)))
+    names = set(here["ops"]) | set(worker["ops"])
+    gap = lambda n: max(abs(worker["ops"].get(n, missing)[i] - here["ops"].get(n, missing)[i]) for i in (1, 2))  # noqa: E731
+    for name in sorted(names, key=gap, reverse=True)[:top]:
+        lines.append(row(name, here["ops"].get(name, missing), worker["ops"].get(name, missing)))
+    return lines
+
+
+def measure(name: str, device: str = "cpu", steps: int = 5, overrides=(), width: int = 64) -> tuple[dict, dict, int]:
+    """``profiled_shares`` in this process and in a Ray worker, and the meta-batch."""
+    config, splits = workload(name, width, 1, device, overrides)
+    meta_batch = config["train"]["meta_batch"]
+    algo = build_learner(config)
+    params = algo.init(init_params(algo.model, config["seed"]))
+    flat, layout = to_wire(flatten(params).numpy()), layout_of(params)  # as the driver sends them
+    connect(None)
+    driver = Driver(config, splits, layout)
+    in_worker = ray.get(driver.workers[0].__ray_call__.remote(profiled_shares, flat, meta_batch, steps))
+    driver.shutdown()
+    here = profiled_shares(MetaWorker.__ray_actor_class__(config, splits, layout), flat, meta_batch, steps)
+    return here, in_worker, meta_batch
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=["sinusoid", "omniglot"], default="omniglot")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--width", type=int, default=64, help="conv4 filters (omniglot)")
+    parser.add_argument("--steps", type=int, default=5, help="profiled steps on each side, after two warm-up steps")
+    parser.add_argument("--top", type=int, default=15, help="operators listed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    args = parser.parse_args()
+    print("\n".join(table(*measure(args.workload, args.device, args.steps, args.set, args.width), args.top)))
