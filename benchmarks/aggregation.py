@@ -32,10 +32,10 @@ QUICK_SIZES = [100_000, 1_000_000, 10_000_000]
 PAYS = 0.9  # all-reduce s / driver s below which it counts as faster: under the ±10-20% noise between runs, no claim
 
 
-def fixed_share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+def fixed_share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
     """A share that costs nothing: the same float64 gradient of ``params``' size every call."""
-    if getattr(self, "fixed", np.empty(0)).size != params.numel():
-        self.fixed = np.ones(params.numel())
+    if getattr(self, "fixed", torch.empty(0)).numel() != params.numel():
+        self.fixed = torch.ones(params.numel(), dtype=torch.float64)
     return self.fixed, {}
 
 

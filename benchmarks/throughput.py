@@ -71,7 +71,7 @@ def measure(spec: dict) -> dict:
 
         def step(i: int) -> None:
             grad, _ = share_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap", train["compile"])
-            flat.grad = torch.from_numpy(grad / train["meta_batch"]).float().to(device)
+            flat.grad = (grad / train["meta_batch"]).float()
             optimizer.step()
     else:
         import ray

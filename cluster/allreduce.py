@@ -64,7 +64,7 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
         params = self.params(flat) if self.rank == 0 else torch.zeros(numel(self.layout), device=self.device)
         dist.all_reduce(params)
         total, sums = self.share(params, step, indices)
-        summed = torch.from_numpy(total.astype(np.float32)).to(self.device)
+        summed = total.float()  # on the worker's device: nccl sums it GPU to GPU
         dist.all_reduce(summed)
         return (summed.cpu().numpy() if self.rank == 0 else None), sums
 

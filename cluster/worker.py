@@ -67,8 +67,8 @@ class MetaWorker:
     def params(self, flat: np.ndarray | bytes) -> torch.Tensor:
         return torch.tensor(from_wire(flat), device=self.device)  # a copy: object-store arrays are read-only
 
-    def share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[np.ndarray, dict[str, float]]:
-        """Summed meta-gradient (float64) and metrics of this share at ``params``; pre-adaptation metrics every few steps."""
+    def share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed meta-gradient (float64, on the worker's device) and metrics of this share at ``params``; pre-adaptation metrics every few steps."""
         self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
         train = self.sources["train"]
         return share_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled)
@@ -76,7 +76,7 @@ class MetaWorker:
     def meta_gradient(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray | bytes, dict[str, float]]:
         """Summed meta-gradient of this share as float32 (accumulated in float64; ``to_wire``), and summed metrics."""
         total, sums = self.share(self.params(flat), step, indices)
-        return to_wire(total.astype(np.float32)), sums
+        return to_wire(total.float().cpu().numpy()), sums  # cast where it was summed: half the bytes off a GPU
 
     def evaluate(self, flat: np.ndarray | bytes, stream: int, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
         return evaluate_tasks(self.algo, self.sources["test"], self.params(flat), self.layout, self.seed, stream, indices, steps)

@@ -50,8 +50,8 @@ def compiled_or_eager(fn):
 def share_gradient(
     algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool,
     compiled: bool = False,
-) -> tuple[np.ndarray, dict[str, float]]:  # fmt: skip
-    """Sum over ``indices`` of each task's meta-gradient (float64), and summed metrics.
+) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """Sum over ``indices`` of each task's meta-gradient (float64, on the parameters' device), and summed metrics.
 
     ``vectorize`` runs all tasks as one ``vmap``-ed call: a large win for small
     models, where Python overhead per task dominates; the loop wins for conv
@@ -76,7 +76,7 @@ def share_gradient(
             total += flatten(grads, torch.float64)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-    return total.cpu().numpy(), sums
+    return total, sums
 
 
 def evaluate_tasks(

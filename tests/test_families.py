@@ -158,7 +158,7 @@ def meta_train(algo, params, source, steps: int, lr: float) -> dict:
     before = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), adapt)
     for step in range(steps):
         grad, _ = share_gradient(algo, source, flat, layout, 0, step, range(4), vectorize=False)
-        flat.grad = torch.from_numpy(grad / 4).float()
+        flat.grad = (grad / 4).float()
         optimizer.step()
     after = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), adapt)
     return {k.replace(f"steps{adapt[0]}", "adapted"): (before[k].mean(), after[k].mean()) for k in before}

@@ -54,7 +54,7 @@ def trained(inner_steps: int, rollouts: int, steps: int = 100, meta_batch: int =
     source = PointGoals(rollouts, horizon=20, rounds=inner_steps + 1)
     for step in range(steps):
         grad, _ = share_gradient(algo, source, flat, layout, 0, step, range(meta_batch), vectorize=True)
-        flat.grad = torch.from_numpy(grad / meta_batch).float()
+        flat.grad = (grad / meta_batch).float()
         optimizer.step()
     return algo, layout, flat
 

@@ -39,7 +39,7 @@ def setup(network: str, algorithm: str = "maml", inner_steps: int = 1, **options
 
 def meta_gradient(algo, source, params, vectorize: bool, tasks: int = 4, compiled: bool = False) -> np.ndarray:
     total, _ = share_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(tasks), vectorize, compiled)
-    return total
+    return total.numpy()
 
 
 @pytest.mark.parametrize("network", ["mlp", "conv4"])
