@@ -84,7 +84,8 @@ def time_to_accuracy(args) -> list[str]:
         reached, reference = r["seconds"], results["baseline"]["seconds"]
         ratio = f"{reached / reference:>7.2f}" if reached and reference else f"{'-':>7}"
         seconds = f"{reached:>11.1f}" if reached else f"{'not reached':>11}"
-        lines.append(f"{label:<16} {seconds} {ratio} {r['steps']:>6} {r['best_acc']:>8.3f} {r['trained_s']:>9.1f}")
+        best = f"{r['best_acc']:>8.3f}" if r["best_acc"] is not None else f"{'none':>8}"  # stopped before the first evaluation
+        lines.append(f"{label:<16} {seconds} {ratio} {r['steps']:>6} {best} {r['trained_s']:>9.1f}")
     return lines
 
 

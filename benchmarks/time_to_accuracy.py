@@ -68,7 +68,7 @@ def measure(spec: dict) -> dict:
                 break
         if trained > 60 * spec["max_minutes"]:
             break
-    return {"seconds": reached, "steps": i + 1, "trained_s": trained, "best_acc": max((c[2] for c in curve), default=0.0), "curve": curve}
+    return {"seconds": reached, "steps": i + 1, "trained_s": trained, "best_acc": max((c[2] for c in curve), default=None), "curve": curve}
 
 
 if __name__ == "__main__":
