@@ -47,25 +47,32 @@ def profiled_shares(worker, flat, meta_batch: int, steps: int) -> dict:
 
 def table(here: dict, worker: dict, meta_batch: int, top: int = 15) -> list[str]:
     """Both walls, the per-step totals, and the ``top`` operators by their largest difference."""
+    none = (0.0, 0.0, 0.0)
+
+    def row(name: str, a: tuple, b: tuple) -> str:
+        calls = f"{a[0] or b[0]:>6.0f}" if a[0] or b[0] else f"{'':>6}"
+        return f"{name[:44]:<44} {calls} {a[1]:>9.2f} {b[1]:>8.2f} {b[1] - a[1]:>+8.2f} {a[2]:>9.2f} {b[2]:>8.2f} {b[2] - a[2]:>+8.2f}"
+
+    def totals(side: dict) -> tuple:
+        return 0, sum(op[1] for op in side["ops"].values()), sum(op[2] for op in side["ops"].values())
+
+    def outside(side: dict, total: tuple) -> tuple:  # Python between operators, and waits
+        return 0, side["wall_ms"] - total[1], 0.0
+
+    def gap(name: str) -> float:
+        a, b = here["ops"].get(name, none), worker["ops"].get(name, none)
+        return max(abs(b[1] - a[1]), abs(b[2] - a[2]))
+
+    here_total, worker_total = totals(here), totals(worker)
     lines = [
         f"one share of the whole meta-batch ({meta_batch} tasks), median ms: in this process {here['wall_ms']:.2f}, "
         f"in a Ray worker {worker['wall_ms']:.2f} ({worker['wall_ms'] - here['wall_ms']:+.2f})",
         f"{'operator (self time, ms per step)':<44} {'calls':>6} {'cpu here':>9} {'worker':>8} {'diff':>8} {'dev here':>9} {'worker':>8} {'diff':>8}",
+        row("all operators", here_total, worker_total),
+        row("outside operators (wall - their CPU time)", outside(here, here_total), outside(worker, worker_total)),
     ]
-    missing = (0.0, 0.0, 0.0)
-
-    def row(name: str, a: tuple, b: tuple) -> str:
-        return f"{name[:44]:<44} {a[0] or b[0]:>6.0f} {a[1]:>9.2f} {b[1]:>8.2f} {b[1] - a[1]:>+8.2f} {a[2]:>9.2f} {b[2]:>8.2f} {b[2] - a[2]:>+8.2f}"
-
-    total = lambda ops: (0, sum(v[1] for v in ops.values()), sum(v[2] for v in ops.values()))  # noqa: E731
-    here_total, worker_total = total(here["ops"]), total(worker["ops"])
-    lines.append(row("all operators", here_total, worker_total))
-    outside = lambda side, t: (0, side["wall_ms"] - t[1], 0.0)  # noqa: E731  Python between operators, waits
-    lines.append(row("outside operators (wall - their CPU time)", outside(here, here_total), outside(worker, worker_total)))
-    names = set(here["ops"]) | set(worker["ops"])
-    gap = lambda n: max(abs(worker["ops"].get(n, missing)[i] - here["ops"].get(n, missing)[i]) for i in (1, 2))  # noqa: E731
-    for name in sorted(names, key=gap, reverse=True)[:top]:
-        lines.append(row(name, here["ops"].get(name, missing), worker["ops"].get(name, missing)))
+    for name in sorted(set(here["ops"]) | set(worker["ops"]), key=gap, reverse=True)[:top]:
+        lines.append(row(name, here["ops"].get(name, none), worker["ops"].get(name, none)))
     return lines
 
 
