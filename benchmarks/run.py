@@ -72,10 +72,11 @@ def memory(args) -> list[str]:
 
 def time_to_accuracy(args) -> list[str]:
     spec = {"target": args.target, "width": args.tta_width, "max_minutes": args.max_minutes, "device": args.device,
-            "eval_every": args.eval_every, "eval_tasks": args.eval_tasks, "workers": max(args.workers)}  # fmt: skip
+            "eval_every": args.eval_every, "eval_tasks": args.eval_tasks, "workers": max(args.workers), "compile": args.tta_compile}  # fmt: skip
     lines = [
         f"time to {args.target:.0%} held-out 5-way 1-shot accuracy (1 adaptation step, {args.eval_tasks} fixed held-out tasks, "
-        f"every {args.eval_every} steps), conv4 width {args.tta_width}, at most {args.max_minutes} min per side",
+        f"every {args.eval_every} steps), conv4 width {args.tta_width}, at most {args.max_minutes} min per side, "
+        f"pipeline workers {'compiled (first steps include compiling)' if args.tta_compile else 'eager'}",
         f"{'side':<16} {'s to target':>11} {'x base':>7} {'steps':>6} {'best acc':>8} {'trained s':>9}",
     ]
     results = {side: in_fresh_process("benchmarks.time_to_accuracy", {**spec, "side": side}) for side in ("baseline", "pipeline")}
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--tta-width", type=int, default=16, help="conv4 filters for time-to-accuracy")
     parser.add_argument("--max-minutes", type=float, default=2.0, help="training minutes per side before giving up")
     parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--tta-compile", action="store_true", help="time-to-accuracy: compile the pipeline's workers, as the shipped config does")
     parser.add_argument("--eval-tasks", type=int, default=50)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for the throughput rows")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "tta", "aggregation"])
