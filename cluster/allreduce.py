@@ -106,11 +106,7 @@ class AllreduceDriver(Driver):
                 raise GetTimeoutError(f"the group's step took over share_timeout_s ({self.timeout}s)")
             ray.get(ready)
         results = ray.get(refs)
-        sums: dict[str, float] = {}
-        for _, metrics in results:
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-        return results[0][0].astype(np.float64) / self.meta_batch, {k: v / self.meta_batch for k, v in sums.items()}
+        return results[0][0].astype(np.float64) / self.meta_batch, self.mean_metrics([metrics for _, metrics in results])
 
 
 def make_driver(config: dict, splits: dict[str, np.ndarray], layout: Layout) -> Driver:

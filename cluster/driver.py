@@ -88,12 +88,17 @@ class Driver:
         shares = split(self.meta_batch, len(self.workers))
         results = self.run("meta_gradient", [(params_ref, step, idx) for idx in shares])
         total = np.zeros(flat.size, dtype=np.float64)
-        sums: dict[str, float] = {}
-        for grad, metrics in results:
+        for grad, _ in results:
             total += from_wire(grad)
+        return total / self.meta_batch, self.mean_metrics([metrics for _, metrics in results])
+
+    def mean_metrics(self, shares: list[dict[str, float]]) -> dict[str, float]:
+        """The shares' summed metrics, added up and divided by the meta-batch."""
+        sums: dict[str, float] = {}
+        for metrics in shares:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
-        return total / self.meta_batch, {k: v / self.meta_batch for k, v in sums.items()}
+        return {k: v / self.meta_batch for k, v in sums.items()}
 
     def step(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
         """One meta-step: the meta-batch's mean meta-gradient into ``flat.grad``, then the outer optimizer's step."""
