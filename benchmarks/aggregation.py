@@ -1,14 +1,14 @@
-"""Where all-reduce aggregation starts to pay: ``Driver.gradient`` vs ``AllreduceDriver.gradient`` by model size and workers.
+"""Where all-reduce aggregation starts to pay: ``Driver.steps`` vs ``AllreduceDriver.steps`` by model size and workers.
 
-Only the communication is timed. The workers are the pipeline's own actors with
-``share`` replaced by a fixed gradient of the model's size, so the per-task
-computation costs nothing; everything else is the real path: the float32
-parameters put into the object store, one call per worker, float32 gradients
-(the driver path: one per worker, summed by the driver in float64; the
-all-reduce path: parameters to rank 0, spread by an all-reduce in the group,
-the gradients summed in a gloo ring, rank 0's sum back). The outer optimizer's
-step, the same for both, is left out. For each size both drivers are alive at once and measured
-one after the other, so both see the same machine.
+Only the communication and the outer step are timed. The workers are the
+pipeline's own actors with ``share`` replaced by a fixed gradient of the model's
+size, so the per-task computation costs nothing; everything else is the real
+path, one meta-step a call: the driver path puts the float32 parameters into the
+object store, makes one call per worker, sums their float32 gradients in float64
+and takes the Adam step; the all-reduce group sums its gradients in a gloo ring,
+every rank takes the Adam step, and rank 0 sends back the parameters and Adam's
+two moments. For each size both drivers are alive at once and measured one after
+the other, so both see the same machine.
 
     .venv/bin/python -m benchmarks.aggregation [--quick] [--workers 2 4] [--steps 15]
 
@@ -26,6 +26,7 @@ from benchmarks.common import in_fresh_process, median_seconds
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
 from cluster.driver import Driver, connect
 from cluster.worker import MetaWorker
+from meta_core.outer import make_optimizer
 
 SIZES = [100_000, 300_000, 1_000_000, 3_000_000, 10_000_000, 20_000_000]  # parameters
 QUICK_SIZES = [100_000, 1_000_000, 10_000_000]
@@ -61,8 +62,11 @@ def measure(spec: dict) -> dict:
     for size in spec["sizes"]:
         layout = [("flat", (size,))]  # the parameter vector that rank 0 spreads
         drivers = [Driver(config, splits, layout, worker_cls=FreeWorker), AllreduceDriver(config, splits, layout, worker_cls=FreeAllreduceWorker)]
-        flat = np.random.default_rng(size).standard_normal(size, dtype=np.float32)
-        seconds = [median_seconds(lambda i: d.gradient(flat, i), spec["steps"], spec["warmup"]) for d in drivers]
+        seconds = []
+        for d in drivers:
+            flat = torch.from_numpy(np.random.default_rng(size).standard_normal(size, dtype=np.float32))
+            optimizer = make_optimizer("adam", flat, 1e-3)
+            seconds.append(median_seconds(lambda i: d.steps(flat, optimizer, i, 1), spec["steps"], spec["warmup"]))
         rows.append({"params": size, "driver_s": seconds[0], "allreduce_s": seconds[1]})
         for d in drivers:
             d.shutdown()
@@ -82,7 +86,7 @@ def crossover(rows: list[dict]) -> str:
 
 def table(worker_counts: list[int], sizes: list[int], steps: int, warmup: int) -> list[str]:
     lines = [
-        "aggregation only (parameters out, gradients back and summed; share computation replaced by a fixed gradient), "
+        "aggregation only (gradients summed, the Adam step, parameters back; share computation replaced by a fixed gradient), "
         f"median of {steps} meta-steps after {warmup} warm-up, both paths in this run",
         f"{'workers':>7} {'params':>10} {'MB/grad':>8} {'driver s':>9} {'allreduce s':>11} {'allr/driver':>11}",
     ]

@@ -26,6 +26,8 @@ def throughput(args) -> list[str]:
     rows = [("baseline", {"mode": "baseline"}), ("baseline, heap", {"mode": "baseline", "reuse_memory": True})]
     rows += [("in-process loop", {"mode": "loop", "threads": 1}), ("in-process vmap", {"mode": "vmap", "threads": 1})]
     rows += [(f"ray x{n}", {"mode": "ray", "workers": n}) for n in args.workers]
+    # where Ray's round trip is a large part of a step: the all-reduce path, many steps a call
+    per_call_rows = [(f"ray x{n} {args.per_call}/call", {"mode": "ray", "workers": n, "per_call": args.per_call}) for n in args.workers]
     gpu = args.device == "cuda"
     if gpu:
         peak = f"matmul peak (float32, 8192^2) on {torch.cuda.get_device_name()}: {matmul_peak_gflops(1, 'cuda'):.0f} GFLOP/s"
@@ -39,7 +41,8 @@ def throughput(args) -> list[str]:
     for name in args.workloads:
         meta_batch = WORKLOADS[name]
         steps = scaled if name == "sinusoid" else {}
-        results = {label: in_fresh_process("benchmarks.throughput", {**base, **steps, "workload": name, **spec}) for label, spec in rows}
+        workload_rows = rows + (per_call_rows if name == "sinusoid" and args.per_call > 1 else [])
+        results = {label: in_fresh_process("benchmarks.throughput", {**base, **steps, "workload": name, **spec}) for label, spec in workload_rows}
         gflop, reference = results["baseline"]["task_gflop"] * meta_batch, results["baseline"]["step_s"]
         for label, r in results.items():
             lines.append(
@@ -47,13 +50,14 @@ def throughput(args) -> list[str]:
                 f"{gflop / r['step_s']:>8.2f} {r['bytes'] / 1e6:>8.3f} {r['driver_mib']:>10.0f} {r['worker_mib']:>10.0f}"
                 + (f" {r['gpu_mib']:>8.0f}" if gpu else "")
             )
-        if "in-process loop" in results and "ray x1" in results:
-            alone = min(results["in-process loop"]["step_s"], results["in-process vmap"]["step_s"])
-            ray_s = results["ray x1"]["step_s"]
-            lines.append(
-                f"{name:<9} Ray overhead at 1 worker: {100 * (1 - alone / ray_s):.0f}% of the step, {1000 * (ray_s - alone):.1f} ms "
-                f"(vs the faster in-process path); an empty call to a worker takes {1000 * results['ray x1']['call_s']:.1f} ms"
-            )
+        alone = min(results["in-process loop"]["step_s"], results["in-process vmap"]["step_s"])
+        for label in [f"ray x1 {args.per_call}/call", "ray x1"]:
+            if label in results:
+                ray_s = results[label]["step_s"]
+                lines.append(
+                    f"{name:<9} Ray overhead at 1 worker ({label}): {100 * (1 - alone / ray_s):.0f}% of the step, {1000 * (ray_s - alone):.1f} ms "
+                    f"(vs the faster in-process path); an empty call to a worker takes {1000 * results[label]['call_s']:.1f} ms"
+                )
     return lines
 
 
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), help="throughput workloads")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the pipeline rows")
+    parser.add_argument("--per-call", type=int, default=10, help="meta-steps per call of the sinusoid's all-reduce rows (1: no such rows)")
     parser.add_argument("--cores", type=int, default=2, help="cores for the matmul peak")
     parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per throughput row, after two warm-up steps (10x both for the sinusoid)")
     parser.add_argument("--width", type=int, default=64, help="conv4 filters, throughput and memory")

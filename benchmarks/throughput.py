@@ -4,8 +4,10 @@ Each row is measured in a fresh process. ``baseline`` is benchmarks/baseline.py
 with torch's default threads (all cores); ``loop``/``vmap`` are meta_core's share
 computation in-process on one thread (what one worker does, without Ray);
 ``ray`` is the full driver + workers path at ``workers`` workers of one thread
-each, with the workers' automatic loop/vmap choice. Workers keep freed memory
-for reuse (``cluster.worker.reuse_freed_memory``), and so do the in-process rows;
+each, with the workers' automatic loop/vmap choice; with ``per_call`` above 1,
+it is the all-reduce path running that many meta-steps per call
+(``cluster.steps_per_call``). Workers keep freed memory for reuse
+(``cluster.worker.reuse_freed_memory``), and so do the in-process rows;
 ``reuse_memory`` gives the baseline the same setting, to show what it alone is
 worth. Every step includes drawing its tasks and the Adam update; the two
 warm-up steps take any compiling (``train.compile``, each pre-adaptation variant).
@@ -20,7 +22,7 @@ import torch
 
 from benchmarks.common import median_seconds, peak_gpu_mib, peak_rss_mib, workload
 
-DEFAULTS = {"workers": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False, "overrides": []}
+DEFAULTS = {"workers": 1, "per_call": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False, "overrides": []}
 
 
 def task_gflop(baseline, task) -> float:
@@ -36,7 +38,8 @@ def measure(spec: dict) -> dict:
     """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per
     step; for the pipeline, also the median seconds of an empty call to a worker (Ray's bare round trip)."""
     from benchmarks.baseline import BaselineMAML
-    from cluster.driver import Driver, connect
+    from cluster.allreduce import make_driver
+    from cluster.driver import connect
     from cluster.worker import reuse_freed_memory
     from meta_core.build import build_learner, build_source
     from meta_core.flat import flatten, layout_of
@@ -46,7 +49,10 @@ def measure(spec: dict) -> dict:
     from meta_core.tasks import TRAIN
 
     spec = {**DEFAULTS, **spec}
-    config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"], spec["overrides"])
+    per_call, overrides = spec["per_call"], spec["overrides"]
+    if per_call > 1:
+        overrides = [*overrides, "cluster.aggregation=allreduce", f"cluster.steps_per_call={per_call}"]
+    config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"], overrides)
     train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
     if spec["threads"]:  # else torch's default, as in the pipeline's driver: setting it there starts OpenMP
         torch.set_num_threads(spec["threads"])  # threads that spin-wait on the cores the workers compute on
@@ -77,13 +83,17 @@ def measure(spec: dict) -> dict:
         import ray
 
         connect(None)
-        driver = Driver(config, splits, layout)
+        driver = make_driver(config, splits, layout)
         optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
 
-        step = lambda i: driver.step(flat, optimizer, i)  # noqa: E731
-        # parameters to each worker (float32), one float32 gradient back from each
-        result["bytes"] = 2 * 4 * flat.numel() * spec["workers"]
-    result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"], spec["device"])
+        step = lambda i: driver.steps(flat, optimizer, i * per_call, per_call)  # noqa: E731
+        n, workers = flat.numel(), spec["workers"]
+        if per_call == 1:  # parameters to each worker (float32), one float32 gradient back from each
+            result["bytes"] = 2 * 4 * n * workers
+        else:  # parameters and optimizer state back from rank 0 once a call; each rank's 2(N-1)/N gradients into the ring
+            held = 3 if train["optimizer"] == "adam" else 1
+            result["bytes"] = held * 4 * n / per_call + 8 * n * (workers - 1)
+    result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"], spec["device"]) / per_call
     result["gpu_mib"] = peak_gpu_mib()
     if spec["mode"] == "ray":
         peaks = ray.get([w.__ray_call__.remote(lambda worker: (peak_rss_mib(), peak_gpu_mib())) for w in driver.workers])

@@ -52,7 +52,7 @@ def measure(spec: dict) -> dict:
         driver = Driver(config, splits, layout)
         optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
 
-        step = lambda i: driver.step(flat, optimizer, i)  # noqa: E731
+        step = lambda i: driver.steps(flat, optimizer, i, 1)  # noqa: E731
         current = lambda: flat.detach().to(device)  # noqa: E731
     trained, curve, reached = 0.0, [], None
     for i in range(1_000_000):

@@ -1,30 +1,32 @@
-"""All-reduce aggregation (``cluster.aggregation: allreduce``) for many workers on several nodes.
+"""All-reduce aggregation (``cluster.aggregation: allreduce``) for many workers on several nodes, or many steps a call.
 
 With the default aggregation every worker sends its share's flat gradient to
-the driver, which adds them up: for a 10M-parameter model that is 40 MB per
-worker into one process every step. Here the workers form a torch.distributed
-process group (gloo on CPU, nccl on GPU) and sum their gradients in a ring
-among themselves; only rank 0 returns the sum, so the driver receives one
-gradient whatever the number of workers. The parameters take the same way out:
-the driver sends them to rank 0 alone, and the group spreads them with an
-all-reduce against zeros, a ring in which every link carries about two copies
-whatever the group's size (gloo's broadcast would send rank 0's copy to each
-rank in turn). The driver's link then carries one copy of the parameters and
-one of the gradient per step, not one of each per worker: from 4 workers on
-several nodes this pays at every model size (benchmarks/README.md).
+the driver, which adds them up and takes the outer optimizer's step: for a
+10M-parameter model that is 40 MB per worker into one process every step, and
+for a tiny one a round trip through Ray (about 1 ms) every step. Here the
+workers form a torch.distributed process group (gloo on CPU, nccl on GPU), as
+DistributedDataParallel does: every rank holds the parameters and the outer
+optimizer, the ranks sum their gradients in a ring, and each takes the same
+optimizer step. The driver sends the parameters and optimizer state once (to a
+new group, or after it loaded a checkpoint), asks for ``cluster.steps_per_call``
+meta-steps at a time, and takes back rank 0's state after them: its link
+carries one copy of that state per call whatever the number of workers, and
+Ray's round trip is paid once per call.
 
 torch.distributed rather than ``ray.util.collective``: Ray's gloo backend is
 this same torch.distributed group, and its nccl backend needs CuPy, a second
 CUDA stack beside the NCCL that torch already ships.
 
 A group needs every member, and one that lost a member cannot be formed again
-in place (every survivor's process group is broken for good). So a step that
-fails, through a lost worker or by taking over ``share_timeout_s``, is computed
-again, with the same tasks, by new workers in a new group: slower to recover
-than the driver path's per-share re-dispatch, with the same result. Evaluation
-is unchanged (the driver's per-call dispatch).
+in place (every survivor's process group is broken for good). So a call that
+fails, through a lost worker or by taking over ``share_timeout_s`` a step, is
+computed again, from the state the driver holds and with the same tasks, by new
+workers in a new group: slower to recover than the driver path's per-share
+re-dispatch, with the same result. Evaluation is unchanged (the driver's
+per-call dispatch).
 """
 
+import io
 import time
 import warnings
 from datetime import timedelta
@@ -35,14 +37,38 @@ import torch
 import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayError
 
-from cluster.driver import Driver, broadcast, split
+from cluster.driver import Driver, split
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout, numel
+from meta_core.outer import make_optimizer
+
+
+def pack(flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> bytes:
+    """Parameters and outer optimizer state as one blob, as a checkpoint holds them."""
+    blob = io.BytesIO()
+    torch.save({"flat": flat.detach(), "optimizer": optimizer.state_dict()}, blob)
+    return blob.getvalue()
+
+
+def unpack(blob: bytes, flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """``pack``'s state into ``flat`` and ``optimizer``, in place (fresh tensors: object-store memory is read-only)."""
+    state = torch.load(io.BytesIO(blob), map_location=flat.device, weights_only=True)
+    with torch.no_grad():
+        flat.copy_(state["flat"])
+    optimizer.load_state_dict(state["optimizer"])
 
 
 @ray.remote
 class AllreduceWorker(MetaWorker.__ray_actor_class__):
-    """A MetaWorker that is also one rank of a torch.distributed process group."""
+    """A MetaWorker that is also one rank of a torch.distributed process group, holding the parameters and the
+    outer optimizer between calls."""
+
+    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):
+        super().__init__(config, splits, layout)
+        train = config["train"]
+        self.meta_batch = train["meta_batch"]
+        self.flat = torch.zeros(numel(layout), device=self.device)
+        self.optimizer = make_optimizer(train["optimizer"], self.flat, train["outer_lr"])
 
     def host_group(self, world_size: int, timeout_s: float) -> tuple[str, int]:
         """As rank 0: start the group's rendezvous store on a port the OS picks; where the other ranks find it."""
@@ -58,55 +84,66 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         self.rank = rank
 
-    def reduced_gradient(self, flat: np.ndarray | bytes | None, step: int, indices: list[int]) -> tuple[np.ndarray | None, dict[str, float]]:
-        """The group's summed meta-gradient (float32, rank 0 only; None elsewhere), and this share's summed metrics.
-        Only rank 0 gets the parameters (``flat``, None elsewhere); summed with the others' zeros, they reach every rank."""
-        params = self.params(flat) if self.rank == 0 else torch.zeros(numel(self.layout), device=self.device)
-        dist.all_reduce(params)
-        total, sums = self.share(params, step, indices)
-        summed = total.float()  # on the worker's device: nccl sums it GPU to GPU
-        dist.all_reduce(summed)
-        return (summed.cpu().numpy() if self.rank == 0 else None), sums
+    def train_steps(self, state: bytes | None, first: int, count: int, indices: list[int]) -> tuple[bytes | None, list[dict[str, float]]]:
+        """Meta-steps ``first`` to ``first + count - 1`` from ``state`` (``pack``'s; None: from where the last call
+        left off): this share's gradient, summed over the group and divided by the meta-batch, into the outer
+        optimizer's step, which every rank takes alike. Rank 0's state afterwards (None elsewhere), and this
+        share's summed metrics of each step."""
+        if state is not None:
+            unpack(state, self.flat, self.optimizer)
+        metrics = []
+        for step in range(first, first + count):
+            total, sums = self.share(self.flat, step, indices)
+            grad = total.float()  # on the worker's device: nccl sums it GPU to GPU
+            dist.all_reduce(grad)
+            self.flat.grad = grad / self.meta_batch
+            self.optimizer.step()
+            metrics.append(sums)
+        return (pack(self.flat, self.optimizer) if self.rank == 0 else None), metrics
 
 
 class AllreduceDriver(Driver):
-    """A Driver whose workers sum the meta-gradient among themselves."""
+    """A Driver whose workers sum the meta-gradient among themselves and take the outer step themselves."""
 
     def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout, worker_cls=AllreduceWorker):
         super().__init__(config, splits, layout, worker_cls=worker_cls)
         self.form_group()
 
     def form_group(self) -> None:
-        """Every worker, ranked in worker order, in a new process group hosted by the first."""
+        """Every worker, ranked in worker order, in a new process group hosted by the first; it holds no state yet."""
         size = len(self.workers)
         host = ray.get(self.workers[0].host_group.remote(size, self.timeout), timeout=self.timeout)
         ray.get([w.join.remote(host, size, rank, self.timeout) for rank, w in enumerate(self.workers)], timeout=self.timeout)
+        self.held: torch.Tensor | None = None  # the parameters the group holds, as last taken back from it
 
-    def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
-        """As ``Driver.gradient``; a failed step is computed again by new workers in a new group (once)."""
+    def steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> list[dict[str, float]]:
+        """As ``Driver.steps``, in one call to each worker; a failed call is computed again by new workers in a new group (once)."""
         try:
-            return self.reduced(flat, step)
+            state, metrics = self.group_steps(flat, optimizer, first, count)
         except RayError as error:
-            warnings.warn(f"step {step}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers")
+            warnings.warn(f"step {first}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers")
             self.shutdown()
             self.start_workers()
             self.form_group()
-            return self.reduced(flat, step)
+            state, metrics = self.group_steps(flat, optimizer, first, count)
+        unpack(state, flat, optimizer)
+        self.held = flat.detach().clone()
+        return metrics
 
-    def reduced(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
-        """One try of the step by the current group; raises the first error or a timeout."""
-        params_ref = broadcast(flat)
+    def group_steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> tuple[bytes, list[dict[str, float]]]:
+        """One try of the steps by the current group, sent ``flat`` and ``optimizer`` unless it holds them already
+        (not when new, nor after a checkpoint was loaded); raises the first error or a timeout."""
+        state = None if self.held is not None and torch.equal(self.held, flat) else ray.put(pack(flat, optimizer))
         shares = split(self.meta_batch, len(self.workers))
-        sent = [params_ref] + [None] * (len(self.workers) - 1)  # rank 0 spreads them to the group
-        refs = [w.reduced_gradient.remote(p, step, idx) for w, p, idx in zip(self.workers, sent, shares)]
-        pending, deadline = refs, time.monotonic() + self.timeout
+        refs = [w.train_steps.remote(state, first, count, idx) for w, idx in zip(self.workers, shares)]
+        pending, deadline = refs, time.monotonic() + count * self.timeout
         while pending:  # a lost member's error at once, not after the others' collective gives up on it
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise GetTimeoutError(f"the group's step took over share_timeout_s ({self.timeout}s)")
+                raise GetTimeoutError(f"the group's {count} step(s) took over share_timeout_s ({self.timeout}s) each")
             ray.get(ready)
         results = ray.get(refs)
-        return results[0][0].astype(np.float64) / self.meta_batch, self.mean_metrics([metrics for _, metrics in results])
+        return results[0][0], [self.mean_metrics(list(step)) for step in zip(*(metrics for _, metrics in results))]
 
 
 def make_driver(config: dict, splits: dict[str, np.ndarray], layout: Layout) -> Driver:

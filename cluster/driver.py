@@ -100,11 +100,18 @@ class Driver:
                 sums[k] = sums.get(k, 0.0) + v
         return {k: v / self.meta_batch for k, v in sums.items()}
 
-    def step(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
-        """One meta-step: the meta-batch's mean meta-gradient into ``flat.grad``, then the outer optimizer's step."""
-        grad, metrics = self.gradient(flat.detach().numpy(), step)
-        flat.grad = torch.from_numpy(grad.astype(np.float32))
-        optimizer.step()
+    def steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> list[dict[str, float]]:
+        """Meta-steps ``first`` to ``first + count - 1`` on ``flat`` and ``optimizer``, in place; each step's mean metrics.
+
+        Here each step is one round of calls: the meta-batch's mean meta-gradient
+        into ``flat.grad``, then the outer optimizer's step in this process.
+        """
+        metrics = []
+        for step in range(first, first + count):
+            grad, step_metrics = self.gradient(flat.detach().numpy(), step)
+            flat.grad = torch.from_numpy(grad.astype(np.float32))
+            optimizer.step()
+            metrics.append(step_metrics)
         return metrics
 
     def evaluate(self, flat: np.ndarray, stream: int, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:

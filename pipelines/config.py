@@ -26,7 +26,7 @@ CHOICES = {
     "algorithm.checkpoint_inner": [True, False],
     "cluster.aggregation": ["driver", "allreduce"],
 }
-POSITIVE_INT = {"task.ways", "task.shots", "task.queries", "model.width", "train.steps", "train.meta_batch", "eval.tasks", "cluster.workers", "train.checkpoint_every", "train.pre_adapt_every", "data.image_size", "task.horizon", "algorithm.cg_steps", "algorithm.controller_size", "algorithm.memory_slots", "algorithm.memory_width"}
+POSITIVE_INT = {"task.ways", "task.shots", "task.queries", "model.width", "train.steps", "train.meta_batch", "eval.tasks", "cluster.workers", "cluster.steps_per_call", "train.checkpoint_every", "train.pre_adapt_every", "data.image_size", "task.horizon", "algorithm.cg_steps", "algorithm.controller_size", "algorithm.memory_slots", "algorithm.memory_width"}
 NON_NEGATIVE_INT = {"seed", "algorithm.inner_steps"}
 POSITIVE_NUMBER = {"algorithm.lam", "algorithm.inner_lr", "train.outer_lr", "cluster.num_cpus", "cluster.share_timeout_s"}
 NON_NEGATIVE_NUMBER = {"cluster.num_gpus"}
@@ -158,6 +158,11 @@ def validate(config: dict) -> None:
         raise ConfigError(
             f"config key 'cluster.num_gpus': allreduce on GPUs needs a whole GPU per worker (nccl runs one rank per GPU), "
             f"got {flat['cluster.num_gpus']}"
+        )
+    if flat["cluster.steps_per_call"] > 1 and flat["cluster.aggregation"] != "allreduce":
+        raise ConfigError(
+            f"config key 'cluster.steps_per_call': more than 1 needs cluster.aggregation: allreduce "
+            f"(there the workers take the outer step themselves), got {flat['cluster.steps_per_call']}"
         )
     if flat["train.compile"] and flat["algorithm.checkpoint_inner"]:
         raise ConfigError("config key 'train.compile': cannot be combined with algorithm.checkpoint_inner (checkpointing needs plain autograd)")

@@ -1,7 +1,6 @@
 """What the cluster tests share: a short sinusoid training loop driven straight through the Driver."""
 
 import numpy as np
-import torch
 
 from cluster.driver import Driver
 from cluster.worker import MetaWorker
@@ -27,12 +26,11 @@ def train(config: dict, worker_cls=MetaWorker, between_steps=lambda step, driver
     flat = flatten(params).clone()
     optimizer = make_optimizer(config["train"]["optimizer"], flat, config["train"]["outer_lr"])
     driver = driver_cls(config, {"train": None, "test": None}, layout, worker_cls)
+    per_call = config["cluster"]["steps_per_call"]
     try:
-        for step in range(config["train"]["steps"]):
-            between_steps(step, driver)
-            grad, _ = driver.gradient(flat.detach().numpy(), step)
-            flat.grad = torch.from_numpy(grad.astype(np.float32))
-            optimizer.step()
+        for first in range(0, config["train"]["steps"], per_call):
+            between_steps(first, driver)
+            driver.steps(flat, optimizer, first, min(per_call, config["train"]["steps"] - first))
     finally:
         driver.shutdown()
     return flat.detach().numpy().copy()

@@ -74,7 +74,7 @@ def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
 def faulty_in_group(marker: Path, fault: str):
     class FaultyInGroup(AllreduceWorker.__ray_actor_class__):
         """Kills its own process, or stalls for a minute, inside the first share of step FAULT_STEP it gets:
-        after the group spread the parameters, before it sums the gradients."""
+        before the group sums that step's gradients, after it took the steps before (in the same call, at 2 a call)."""
 
         def share(self, params, step, indices):
             if step == FAULT_STEP and once(marker):
@@ -84,9 +84,11 @@ def faulty_in_group(marker: Path, fault: str):
     return ray.remote(FaultyInGroup)
 
 
-@pytest.mark.parametrize("fault, seen_as", [("killed", "ActorDiedError|RayTaskError"), ("straggling", "GetTimeoutError")])
-def test_allreduce_step_that_fails_is_computed_again_by_a_new_group_and_parameters_match(ray_local, tmp_path, fault, seen_as):
-    cfg = config("cluster.workers=2", "cluster.aggregation=allreduce", "cluster.share_timeout_s=5")
+@pytest.mark.parametrize(
+    "fault, seen_as, per_call", [("killed", "ActorDiedError|RayTaskError", 1), ("straggling", "GetTimeoutError", 1), ("killed", "ActorDiedError|RayTaskError", 2)]
+)
+def test_allreduce_call_that_fails_is_computed_again_by_a_new_group_and_parameters_match(ray_local, tmp_path, fault, seen_as, per_call):
+    cfg = config("cluster.workers=2", "cluster.aggregation=allreduce", "cluster.share_timeout_s=5", f"cluster.steps_per_call={per_call}")
     expected = train(cfg, AllreduceWorker, driver_cls=AllreduceDriver)
     started = time.monotonic()
     # a lost worker is seen at once (its own death, or its peer's broken connection), a stalled one at the timeout

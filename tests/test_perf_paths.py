@@ -18,6 +18,7 @@ from meta_core.algorithms import build_algorithm
 from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of
 from meta_core.models import build_model, init_params
+from meta_core.outer import make_optimizer
 from meta_core.step import draw, share_gradient
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
 from pipelines.config import CONFIG_DIR, ConfigError, load
@@ -152,25 +153,46 @@ def test_allreduce_on_shared_gpus_is_refused_before_nccl_would_fail():
     load(str(CONFIG_DIR / "sinusoid.yaml"), ["cluster.aggregation=allreduce", "cluster.num_gpus=1"])
 
 
+def test_steps_per_call_above_one_is_refused_where_the_driver_takes_the_outer_step():
+    with pytest.raises(ConfigError, match=r"'cluster.steps_per_call'.*needs cluster.aggregation: allreduce.*got 5"):
+        load(str(CONFIG_DIR / "sinusoid.yaml"), ["cluster.steps_per_call=5"])
+    load(str(CONFIG_DIR / "sinusoid.yaml"), ["cluster.steps_per_call=5", "cluster.aggregation=allreduce"])
+
+
+def same_metrics(ours: list[dict], theirs: list[dict]) -> bool:
+    return len(ours) == len(theirs) and all(a == pytest.approx(b) for a, b in zip(ours, theirs))
+
+
 @pytest.mark.slow
-def test_allreduce_path_equals_the_driver_path(ray_local):
+def test_allreduce_path_trains_as_the_driver_path_at_any_steps_per_call(ray_local):
     config = sinusoid_config()
     algo = build_learner(config)
     params = algo.init(init_params(algo.model, 0))
-    flat, splits = flatten(params).numpy(), {"train": None, "test": None}
-    results = {}
-    for aggregation in ("driver", "allreduce"):
-        config["cluster"]["aggregation"] = aggregation
+    initial, splits, steps = flatten(params), {"train": None, "test": None}, 6
+    trained = {}
+    for aggregation, per_call in (("driver", 1), ("allreduce", 1), ("allreduce", 3)):
+        config["cluster"].update(aggregation=aggregation, steps_per_call=per_call)
+        flat = initial.clone()
+        optimizer = make_optimizer("adam", flat, 1e-3)
         driver = make_driver(config, splits, layout_of(params))
         try:
             assert isinstance(driver, AllreduceDriver) == (aggregation == "allreduce") and isinstance(driver, Driver)
-            results[aggregation] = [driver.gradient(flat, step) for step in (0, 1)]
+            metrics = [m for first in range(0, steps, per_call) for m in driver.steps(flat, optimizer, first, per_call)]
+            after = (flat.clone(), optimizer.state_dict())
+            with torch.no_grad():  # back to the start, as a loaded checkpoint would set it: the group must be sent it
+                flat.copy_(initial)
+            optimizer.load_state_dict(make_optimizer("adam", initial.clone(), 1e-3).state_dict())
+            again = driver.steps(flat, optimizer, 0, per_call)
         finally:
             driver.shutdown()
-    for (grad, metrics), (reduced, reduced_metrics) in zip(results["driver"], results["allreduce"]):
-        np.testing.assert_allclose(reduced, grad, rtol=1e-5, atol=1e-7)
-        assert reduced_metrics == pytest.approx(metrics)
-    assert not np.allclose(results["driver"][0][0], results["driver"][1][0])  # different steps, different tasks
+        assert len(metrics) == steps and same_metrics(again, metrics[:per_call])
+        trained[(aggregation, per_call)] = after[0].numpy(), metrics
+    (reference, reference_metrics), *others = trained.values()
+    assert not np.allclose(reference, initial.numpy())
+    for flat, metrics in others:
+        np.testing.assert_allclose(flat, reference, rtol=1e-5, atol=1e-7)
+        assert same_metrics(metrics, reference_metrics)
+    assert reference_metrics[0]["meta_loss"] != pytest.approx(reference_metrics[1]["meta_loss"])  # different steps, different tasks
 
 
 def test_arrays_cross_processes_as_bytes_up_to_rays_inline_size_and_arrive_unchanged():

@@ -12,6 +12,7 @@ import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from cluster.allreduce import make_driver
 from cluster.driver import Driver
 from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of
@@ -133,3 +134,29 @@ def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tr
         driver.shutdown()
     steps = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "meta_loss"))
     assert steps == list(range(20))
+
+
+def test_many_steps_a_call_end_at_checkpoints_log_every_step_once_and_restart_the_group_from_new_parameters(ray_local, tracking, tmp_path):
+    per_call = ["cluster.aggregation=allreduce", "cluster.steps_per_call=3", f"train.checkpoint_dir={tmp_path}"]
+    config = load("sinusoid", ["train.steps=6", "train.meta_batch=4", "train.checkpoint_every=4", "train.compile=false", *per_call])
+    algo = build_learner(config)
+    params = algo.init(init_params(algo.model, 0))
+    driver = make_driver(config, {"train": None, "test": None}, layout_of(params))
+    calls, steps = [], driver.steps
+    driver.steps = lambda flat, optimizer, first, count: calls.append((first, count)) or steps(flat, optimizer, first, count)
+    trained = []
+    try:
+        for _ in range(2):  # the second run starts from the initial parameters, which the group no longer holds
+            with mlflow.start_run() as active:
+                flat = flatten(params).clone()
+                train(config, driver, flat, active.info.run_id, key="k")
+            trained.append(flat)
+            logged = [m.step for m in MlflowClient().get_metric_history(active.info.run_id, "meta_loss")]
+            assert sorted(logged) == list(range(6))
+            assert checkpoint_step(tmp_path) == 6
+            (tmp_path / f"{active.info.run_id}.pt").unlink()
+    finally:
+        driver.shutdown()
+    assert calls == [(0, 3), (3, 1), (4, 2)] * 2  # no call runs past a checkpoint
+    assert not torch.equal(trained[0], flatten(params))
+    torch.testing.assert_close(trained[1], trained[0], rtol=0, atol=0)

@@ -39,15 +39,17 @@ def train(config: dict, driver: Driver, flat: torch.Tensor, run_id: str, key: st
 
     bar = tqdm(total=cfg["steps"], initial=done, desc="train", unit="step", mininterval=1.0)
     try:
-        for step in range(done, cfg["steps"]):
+        while done < cfg["steps"]:  # in calls of cluster.steps_per_call steps, each ending by the next checkpoint
+            count = min(config["cluster"]["steps_per_call"], cfg["steps"] - done, cfg["checkpoint_every"] - done % cfg["checkpoint_every"])
             started = time.perf_counter()
-            metrics = driver.step(flat, optimizer, step)
-            done = step + 1
-            step_s = time.perf_counter() - started
-            metrics.update(step_s=step_s, tasks_per_s=cfg["meta_batch"] / step_s)
-            rates.append(metrics["tasks_per_s"])
-            buffer.add(metrics, step)
-            bar.update()
+            per_step = driver.steps(flat, optimizer, done, count)
+            step_s = (time.perf_counter() - started) / count
+            for step, metrics in enumerate(per_step, start=done):
+                metrics.update(step_s=step_s, tasks_per_s=cfg["meta_batch"] / step_s)
+                rates.append(metrics["tasks_per_s"])
+                buffer.add(metrics, step)
+            done += count
+            bar.update(count)
             bar.set_postfix(loss=f"{metrics['meta_loss']:.4f}", tasks_per_s=f"{metrics['tasks_per_s']:.0f}", refresh=False)
             if done % cfg["checkpoint_every"] == 0:
                 save()
