@@ -26,7 +26,6 @@ re-dispatch, with the same result. Evaluation is unchanged (the driver's
 per-call dispatch).
 """
 
-import io
 import time
 import warnings
 from datetime import timedelta
@@ -43,19 +42,27 @@ from meta_core.flat import Layout, numel
 from meta_core.outer import make_optimizer
 
 
-def pack(flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> bytes:
-    """Parameters and outer optimizer state as one blob, as a checkpoint holds them."""
-    blob = io.BytesIO()
-    torch.save({"flat": flat.detach(), "optimizer": optimizer.state_dict()}, blob)
-    return blob.getvalue()
+def pack(flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict:
+    """Parameters and outer optimizer state, their tensors as numpy arrays: Ray moves those by their buffers, with no
+    pickling of the bytes (a 20M-parameter Adam state's ``torch.save`` took 0.28 s here, its arrays nothing)."""
+    return {"flat": flat.detach().cpu().numpy(), "optimizer": mapped(optimizer.state_dict(), torch.Tensor, lambda t: t.detach().cpu().numpy())}
 
 
-def unpack(blob: bytes, flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-    """``pack``'s state into ``flat`` and ``optimizer``, in place (fresh tensors: object-store memory is read-only)."""
-    state = torch.load(io.BytesIO(blob), map_location=flat.device, weights_only=True)
+def unpack(state: dict, flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """``pack``'s state into ``flat`` and ``optimizer``, in place, as fresh tensors: object-store arrays are read-only."""
+    tensors = mapped(state, np.ndarray, lambda a: torch.tensor(a, device=flat.device))
     with torch.no_grad():
-        flat.copy_(state["flat"])
-    optimizer.load_state_dict(state["optimizer"])
+        flat.copy_(tensors["flat"])
+    optimizer.load_state_dict(tensors["optimizer"])
+
+
+def mapped(tree, kind: type, fn):
+    """``tree`` (dicts and lists, as in an optimizer's state dict) with ``fn`` applied to its leaves of type ``kind``."""
+    if isinstance(tree, dict):
+        return {k: mapped(v, kind, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [mapped(v, kind, fn) for v in tree]
+    return fn(tree) if isinstance(tree, kind) else tree
 
 
 @ray.remote
@@ -84,7 +91,7 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         self.rank = rank
 
-    def train_steps(self, state: bytes | None, first: int, count: int, indices: list[int]) -> tuple[bytes | None, list[dict[str, float]]]:
+    def train_steps(self, state: dict | None, first: int, count: int, indices: list[int]) -> tuple[dict | None, list[dict[str, float]]]:
         """Meta-steps ``first`` to ``first + count - 1`` from ``state`` (``pack``'s; None: from where the last call
         left off): this share's gradient, summed over the group and divided by the meta-batch, into the outer
         optimizer's step, which every rank takes alike. Rank 0's state afterwards (None elsewhere), and this
@@ -130,7 +137,7 @@ class AllreduceDriver(Driver):
         self.held = flat.detach().clone()
         return metrics
 
-    def group_steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> tuple[bytes, list[dict[str, float]]]:
+    def group_steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> tuple[dict, list[dict[str, float]]]:
         """One try of the steps by the current group, sent ``flat`` and ``optimizer`` unless it holds them already
         (not when new, nor after a checkpoint was loaded); raises the first error or a timeout."""
         state = None if self.held is not None and torch.equal(self.held, flat) else ray.put(pack(flat, optimizer))
