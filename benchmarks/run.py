@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), help="throughput workloads")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the pipeline rows")
-    parser.add_argument("--per-call", type=int, default=10, help="meta-steps per call of the sinusoid's all-reduce rows (1: no such rows)")
+    parser.add_argument("--per-call", type=int, default=50, help="meta-steps per call of the sinusoid's all-reduce rows (1: no such rows)")
     parser.add_argument("--cores", type=int, default=2, help="cores for the matmul peak")
     parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per throughput row, after two warm-up steps (10x both for the sinusoid)")
     parser.add_argument("--width", type=int, default=64, help="conv4 filters, throughput and memory")
