@@ -141,9 +141,9 @@ class AllreduceDriver(Driver):
     def group_steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> tuple[dict, list[dict[str, float]]]:
         """One try of the steps by the current group, sent ``flat`` and ``optimizer`` unless it holds them already
         (not when new, nor after a checkpoint was loaded); raises the first error or a timeout."""
-        state = None if self.held is not None and torch.equal(self.held, flat) else ray.put(pack(flat, optimizer))
+        sent = None if self.held is not None and torch.equal(self.held, flat) else ray.put(pack(flat, optimizer))
         shares = split(self.meta_batch, len(self.workers))
-        refs = [w.train_steps.remote(state, first, count, idx) for w, idx in zip(self.workers, shares)]
+        refs = [w.train_steps.remote(sent, first, count, idx) for w, idx in zip(self.workers, shares)]
         pending, deadline, results = refs, time.monotonic() + count * self.timeout, {}
         while pending:  # a lost member's error at once, not after the others' collective gives up on it
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
