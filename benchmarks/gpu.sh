@@ -3,8 +3,9 @@
 # against the baseline on the same card, and time to 90% held-out accuracy. Every
 # worker gets num_gpus=1/WORKERS of the card (the workers share it) and vectorizes
 # its share with vmap (auto on GPU). Arguments after WORKERS go to benchmarks.run and
-# override these: `--workloads sinusoid omniglot --skip aggregation` adds the sinusoid
-# and the memory section (about 8 minutes in all), `--max-minutes 5` trains longer.
+# override these: `--workloads sinusoid omniglot --skip aggregation` adds the sinusoid (with
+# a row at 50 steps a call at one worker) and the memory section (about 8 minutes in all),
+# `--max-minutes 5` trains longer.
 # The throughput rows run eagerly: compiling the conv net's meta-gradient for CUDA has
 # not been timed yet and could take minutes of the five; `--set train.compile=true` tries it.
 #   bash benchmarks/gpu.sh [WORKERS] [benchmarks.run options]

@@ -27,7 +27,11 @@ def throughput(args) -> list[str]:
     rows += [("in-process loop", {"mode": "loop", "threads": 1}), ("in-process vmap", {"mode": "vmap", "threads": 1})]
     rows += [(f"ray x{n}", {"mode": "ray", "workers": n}) for n in args.workers]
     # where Ray's round trip is a large part of a step: the all-reduce path, many steps a call
-    per_call_rows = [(f"ray x{n} {args.per_call}/call", {"mode": "ray", "workers": n, "per_call": args.per_call}) for n in args.workers]
+    # (on one card only at one worker: nccl needs a whole GPU per rank)
+    per_call_rows = [
+        (f"ray x{n} {args.per_call}/call", {"mode": "ray", "workers": n, "per_call": args.per_call})
+        for n in args.workers if args.device == "cpu" or n == 1
+    ]
     gpu = args.device == "cuda"
     if gpu:
         peak = f"matmul peak (float32, 8192^2) on {torch.cuda.get_device_name()}: {matmul_peak_gflops(1, 'cuda'):.0f} GFLOP/s"
