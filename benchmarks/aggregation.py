@@ -60,7 +60,7 @@ def measure(spec: dict) -> dict:
     splits, rows = {"train": None, "test": None}, []
     connect(None)
     for size in spec["sizes"]:
-        layout = [("flat", (size,))]  # the parameter vector that rank 0 spreads
+        layout = [("flat", (size,))]  # one parameter vector of that size
         drivers = [Driver(config, splits, layout, worker_cls=FreeWorker), AllreduceDriver(config, splits, layout, worker_cls=FreeAllreduceWorker)]
         seconds = []
         for d in drivers:
