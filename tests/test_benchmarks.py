@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 from benchmarks.common import ROOT
 from benchmarks.memory import measure
@@ -26,3 +27,12 @@ def test_share_profile_sees_the_same_operators_and_calls_in_a_worker_as_in_proce
     assert calls(here) == calls(in_worker)
     assert calls(here)["aten::mse_loss"] > 0  # the MLP's loss, so the share's operators are there
     assert all(side["wall_ms"] > sum(v[1] for v in side["ops"].values()) > 0 for side in (here, in_worker))
+
+
+def test_call_latency_counts_only_what_a_call_takes_beyond_its_work():
+    from benchmarks.call_latency import extra_ms, spin
+
+    bare = extra_ms(spin, 0.002, budget_s=0.05)
+    delayed = extra_ms(lambda seconds: (spin(seconds), time.sleep(0.005)), 0.002, budget_s=0.05)
+    assert 0 <= bare < 1  # a spin called in this process adds next to nothing to itself
+    assert 4.5 < delayed - bare < 10  # the 5 ms sleep after the spin is what the call takes beyond its work
