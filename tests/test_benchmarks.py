@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks.call_latency import extra_ms, spin
 from benchmarks.common import ROOT
 from benchmarks.memory import measure
 
@@ -30,8 +31,6 @@ def test_share_profile_sees_the_same_operators_and_calls_in_a_worker_as_in_proce
 
 
 def test_call_latency_counts_only_what_a_call_takes_beyond_its_work():
-    from benchmarks.call_latency import extra_ms, spin
-
     bare = extra_ms(spin, 0.002, budget_s=0.05)
     delayed = extra_ms(lambda seconds: (spin(seconds), time.sleep(0.005)), 0.002, budget_s=0.05)
     assert 0 <= bare < 1  # a spin called in this process adds next to nothing to itself
