@@ -63,8 +63,9 @@ def main() -> None:
     budget = parser.parse_args().seconds
     spins = [ms / 1e3 for ms in SPINS_MS]
 
-    here, there = multiprocessing.get_context("fork").Pipe()  # forked before Ray starts any thread here
-    far = multiprocessing.get_context("fork").Process(target=answer_spins, args=(there,), daemon=True)
+    fork = multiprocessing.get_context("fork")  # before Ray starts any thread in this process
+    here, there = fork.Pipe()
+    far = fork.Process(target=answer_spins, args=(there,), daemon=True)
     far.start()
     pipe = [extra_ms(lambda s: (here.send(s), here.recv()), s, budget) for s in spins]
     here.send(None)
