@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import omniglot, table
-from data.sources import DataError, resolve, sha256_file
+from data.sources import DataError, file_digest, resolve
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an optional validation split
 CACHE = Path(__file__).parent / "cache"
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # "val" only where data.val_size holds some out
 # Keys that change where or how a dataset is found, not what it holds.
 NOT_CONTENT = ("cache_dir",)
 
@@ -55,17 +55,30 @@ def combine(parts: list[omniglot.Classes]) -> omniglot.Classes:
     return dict(sorted(merged.items()))
 
 
-def held_out(keys: list[tuple[str, str]], data: dict, seed: int) -> set:
-    """The groups (or classes) of the test split, drawn from ``seed``."""
+def held_out_count(size, units: int, key: str, unit: str) -> int:
+    """How many of ``units`` ``size`` holds out: a count, or a fraction of them (rounded, and kept between one and
+    all but one); at least one unit must stay for training."""
+    count = size if isinstance(size, int) and size >= 1 else min(units - 1, max(1, round(units * size)))
+    if not 1 <= count < units:
+        raise DataError(f"{key}: {count} {unit} held out, but only {units} are there to split (at least one must stay for training)")
+    return count
+
+
+def assign_splits(keys: list[tuple[str, str]], data: dict, seed: int) -> dict[tuple[str, str], str]:
+    """Each class's split. Whole groups (or classes) are drawn from ``seed``: the test ones first, then the
+    validation ones from the rest, so the test split is the same whatever ``data.val_size`` is."""
     by_group = data["split"] == "group"
     if by_group and any(group == "" for group, _ in keys):
         raise DataError("data.split: 'group' needs every class to have a group; set data.group_column or use data.split=class")
+    unit = "groups" if by_group else "classes"
     units = sorted({group for group, _ in keys} if by_group else set(keys))
     if len(units) < 2:
-        raise DataError(f"data.split: need at least 2 {'groups' if by_group else 'classes'} to split, found {len(units)}")
-    count = min(len(units) - 1, max(1, round(len(units) * data["test_fraction"])))
-    order = np.random.default_rng(seed).permutation(len(units))
-    return {units[i] for i in order[:count]}
+        raise DataError(f"data.split: need at least 2 {unit} to split, found {len(units)}")
+    tests = held_out_count(data["test_size"], len(units), "data.test_size", unit)
+    vals = held_out_count(data["val_size"], len(units) - tests, "data.val_size", unit) if data["val_size"] else 0
+    order = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
+    split_of = {**{u: "test" for u in order[:tests]}, **{u: "val" for u in order[tests : tests + vals]}}
+    return {key: split_of.get(key[0] if by_group else key, "train") for key in keys}
 
 
 def rectangular(classes: omniglot.Classes) -> tuple[np.ndarray, int, str]:
@@ -97,8 +110,7 @@ def write_split(path: Path, x: np.ndarray, labels: list[str], groups: list[str])
 def build(folder: Path, data: dict, seed: int, checked: list[dict]) -> dict:
     """Write the Parquet splits and return the manifest (not yet written)."""
     classes = combine([read_source(Path(s["path"]), data) for s in checked])
-    test_units = held_out(list(classes), data, seed)
-    in_test = {key: (key[0] if data["split"] == "group" else key) in test_units for key in classes}
+    split_of = assign_splits(list(classes), data, seed)
     manifest = {
         "format_version": FORMAT_VERSION,
         "sources": [{"source": s["source"], "file": Path(s["path"]).name, "sha256": s["sha256"]} for s in checked],
@@ -108,10 +120,12 @@ def build(folder: Path, data: dict, seed: int, checked: list[dict]) -> dict:
             if data["features"]
             else {"image_size": data["image_size"], "resample": "lanczos", "omniglot_strokes": 1.0, "rotations": data["rotations"]}
         ),
-        "splits": {"by": data["split"], "test_fraction": data["test_fraction"], "seed": seed},
+        "splits": {"by": data["split"], "test_size": data["test_size"], "val_size": data["val_size"], "seed": seed},
     }
     for split in SPLITS:
-        part = {k: v for k, v in classes.items() if in_test[k] == (split == "test")}
+        part = {k: v for k, v in classes.items() if split_of[k] == split}
+        if not part:  # no validation split unless data.val_size asks for one
+            continue
         x, samples, smallest = rectangular(part)
         labels = ["/".join(k) for k in part]
         groups = [k[0] for k in part]
@@ -127,7 +141,7 @@ def build(folder: Path, data: dict, seed: int, checked: list[dict]) -> dict:
             "smallest_class": smallest,
             "shape": list(x.shape),
             "file": path.name,
-            "sha256": sha256_file(path),
+            "sha256": file_digest(path),
         }
     return manifest
 
@@ -170,11 +184,16 @@ def manifest_of(folder: Path) -> dict:
     return json.loads((Path(folder) / "manifest.json").read_text())
 
 
+def split_names(manifest: dict) -> list[str]:
+    """The splits a prepared dataset holds, in ``SPLITS`` order: train and test, and val where it has one."""
+    return [split for split in SPLITS if split in manifest["splits"]]
+
+
 def check_task(folder: Path, task: dict) -> None:
     """Every split must have enough classes for ``task.ways`` and samples for ``task.shots + task.queries``."""
-    splits = manifest_of(folder)["splits"]
-    for split in SPLITS:
-        info = splits[split]
+    manifest = manifest_of(folder)
+    for split in split_names(manifest):
+        info = manifest["splits"][split]
         if task["ways"] > info["classes"]:
             raise DataError(f"task.ways: {task['ways']} ways but the {split} split of {folder} has only {info['classes']} classes")
         need = task["shots"] + task["queries"]
@@ -186,11 +205,11 @@ def check_task(folder: Path, task: dict) -> None:
 
 
 def load_splits(folder: str | Path) -> dict[str, np.ndarray]:
-    """``{"train": ..., "test": ...}``, each one contiguous float32 array read with pyarrow (no per-row Python)."""
+    """``{"train": ..., "test": ...}`` (and ``"val"``), each one contiguous float32 array read with pyarrow (no per-row Python)."""
     folder = Path(folder)
-    splits = manifest_of(folder)["splits"]
-    out = {}
-    for split in SPLITS:
+    manifest = manifest_of(folder)
+    splits, out = manifest["splits"], {}
+    for split in split_names(manifest):
         column = pq.read_table(folder / splits[split]["file"], columns=["sample"]).column("sample").combine_chunks()
         out[split] = column.flatten().to_numpy().reshape(splits[split]["shape"])
     return out

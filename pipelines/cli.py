@@ -38,9 +38,10 @@ def cmd_prepare(args) -> None:
     import data
 
     folder = data.prepare(load(args.config, args.overrides))
-    splits = data.manifest_of(folder)["splits"]
+    manifest = data.manifest_of(folder)
+    splits = manifest["splits"]
     print(folder)
-    for split in data.SPLITS:
+    for split in data.split_names(manifest):
         print(f"  {split}: {splits[split]['classes']} classes x {splits[split]['samples_per_class']} samples, groups {splits[split]['groups']}")
 
 

@@ -197,9 +197,10 @@ def validate_register(flat: dict) -> None:
 
 def validate_data(flat: dict) -> None:
     """The ``data.*`` keys the prepare stage reads (data.source is checked above)."""
-    fraction = flat["data.test_fraction"]
-    if not (_is_number(fraction) and 0 < fraction < 1):
-        raise ConfigError(f"config key 'data.test_fraction': expected a number between 0 and 1, got {fraction!r}")
+    for key in ("data.test_size", "data.val_size"):
+        size = flat[key]
+        if not ((_is_number(size) and 0 < size < 1) or (_is_int(size) and size >= (1 if key == "data.test_size" else 0))):
+            raise ConfigError(f"config key '{key}': expected a fraction between 0 and 1 or a whole number of groups (or classes), got {size!r}")
     for key in ("data.label_column", "data.image_column"):
         if not (isinstance(flat[key], str) and flat[key]):
             raise ConfigError(f"config key '{key}': expected a column name, got {flat[key]!r}")

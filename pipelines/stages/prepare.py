@@ -11,7 +11,7 @@ def prepare_stage(config: dict) -> dict:
     """Prepare (or find) the dataset; log each split as an MLflow dataset input, its counts and the manifest."""
     folder = data.prepare(config)
     manifest = data.manifest_of(folder)
-    for split in data.SPLITS:
+    for split in data.split_names(manifest):
         info = manifest["splits"][split]
         source = LocalArtifactDatasetSource(str(folder / info["file"]))
         dataset = MetaDataset(source, name=f"{config['data']['name']}-{split}", digest=info["sha256"][:16])
