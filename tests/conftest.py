@@ -12,13 +12,20 @@ for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"):
     os.environ.pop(name, None)
 
 ROOT = Path(__file__).resolve().parents[1]
-OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 
 
 def start_local_ray(ray) -> None:
     """This session's own local Ray (never another one running on the machine), unless it is up already."""
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.fixture(scope="session")
+def omniglot(tmp_path_factory):
+    """Two Omniglot zips (``tests/omniglot_data.py``): the real small sets where OMNIGLOT_DIR names them, else generated."""
+    from tests.omniglot_data import omniglot_zips
+
+    return omniglot_zips(tmp_path_factory.mktemp("omniglot"))
 
 
 @pytest.fixture(scope="session")

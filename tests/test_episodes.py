@@ -10,15 +10,13 @@ import data
 from pipelines.config import CONFIG_DIR, load
 from pipelines.episodes import score_episodes
 from pipelines.pipeline import run
-from tests.conftest import OMNIGLOT
-
 WAYS = 5
 
 
-def episodes_folder(root, runs: int = 2, ways: int = WAYS):
-    """``runNN/training/classNN.png``, ``runNN/test/itemNN.png`` and ``class_labels.txt``, from the shared drawings."""
+def episodes_folder(omniglot, root, runs: int = 2, ways: int = WAYS):
+    """``runNN/training/classNN.png``, ``runNN/test/itemNN.png`` and ``class_labels.txt``, from the second zip's drawings."""
     rng = random.Random(0)
-    with zipfile.ZipFile(OMNIGLOT / "images_background_small2.zip") as archive:
+    with zipfile.ZipFile(omniglot.zips[1]) as archive:
         characters: dict[str, list[str]] = {}
         for name in sorted(n for n in archive.namelist() if n.endswith(".png")):
             characters.setdefault(name.rsplit("/", 1)[0], []).append(name)
@@ -39,9 +37,9 @@ def episodes_folder(root, runs: int = 2, ways: int = WAYS):
 
 
 @pytest.mark.slow
-def test_omniglot_5way_1shot_trains_from_parquet_on_held_out_alphabets_then_scores_episodes(ray_local, tracking, tmp_path):
+def test_omniglot_5way_1shot_trains_from_parquet_on_held_out_alphabets_then_scores_episodes(ray_local, tracking, tmp_path, omniglot):
     config = load(str(CONFIG_DIR / "omniglot.yaml"), [
-        f"data.source={OMNIGLOT}", f"data.cache_dir={tmp_path / 'cache'}", "model.width=8", "train.steps=3",
+        *omniglot.overrides(), f"data.cache_dir={tmp_path / 'cache'}", "model.width=8", "train.steps=3",
         "train.meta_batch=4", "task.queries=2", "eval.tasks=4", "eval.steps=[1]", "cluster.workers=1",
         "train.compile=false",
     ])
@@ -49,10 +47,10 @@ def test_omniglot_5way_1shot_trains_from_parquet_on_held_out_alphabets_then_scor
     assert parent.info.status == "FINISHED"
     manifest = data.manifest_of(data.prepare(config))
     assert set(manifest["splits"]["train"]["groups"]).isdisjoint(manifest["splits"]["test"]["groups"])
-    assert manifest["splits"]["train"]["classes"] == 4 * (242 - manifest["splits"]["test"]["classes"])  # rotated copies
+    assert manifest["splits"]["train"]["classes"] == 4 * (omniglot.characters - manifest["splits"]["test"]["classes"])  # rotated copies
     assert "eval_post_adapt_acc" in parent.data.metrics
 
-    folder = episodes_folder(tmp_path / "episodes")
+    folder = episodes_folder(omniglot, tmp_path / "episodes")
     model_uri = f"runs:/{parent.data.tags['train_run_id']}"
     accuracy = score_episodes(model_uri, folder, tracking)
     assert set(accuracy) == {"run01", "run02", "overall"}
@@ -69,5 +67,5 @@ def test_omniglot_5way_1shot_trains_from_parquet_on_held_out_alphabets_then_scor
     assert score_episodes(local, folder, tracking) == accuracy  # a local folder holding params.pt and config.yaml
 
     with pytest.raises(data.DataError, match="run01/training: 3 classes, but the model was trained for 5 ways"):
-        episodes_folder(tmp_path / "three", runs=1, ways=3)
+        episodes_folder(omniglot, tmp_path / "three", runs=1, ways=3)
         score_episodes(model_uri, tmp_path / "three", tracking)

@@ -18,7 +18,6 @@ from meta_core.step import evaluate_tasks, share_gradient
 from meta_core.tasks import EVAL, ClassificationTasks, Task, task_rng
 from pipelines.config import ConfigError, load
 from pipelines.pipeline import run
-from tests.conftest import OMNIGLOT
 
 WAYS = 3
 SMALL_MANN = dict(controller_size=32, memory_slots=8, memory_width=16)
@@ -180,11 +179,11 @@ def test_learns_a_small_task(name, options, steps, lr):
     assert loss_after < 0.8 * loss_before and acc_after > acc_before + 0.15, result
 
 
-def small(config: str) -> list[str]:
+def small(config: str, omniglot) -> list[str]:
     common = ["train.steps=2", "train.meta_batch=4", "eval.tasks=4", "eval.steps=[1]", "cluster.workers=2"]
     if config == "pointnav":
         return [*common, "task.shots=4", "task.horizon=10", "model.width=16"]
-    images = [f"data.source={OMNIGLOT / 'images_background_small1.zip'}", "data.rotations=false", "model.width=8", "task.queries=2"]
+    images = [*omniglot.overrides(omniglot.zips[0]), "data.rotations=false", "model.width=8", "task.queries=2"]
     return [*common, *images, "algorithm.inner_steps=1" if config == "imaml" else "algorithm.inner_steps=0",
             "algorithm.controller_size=16", "algorithm.memory_slots=8", "algorithm.memory_width=8"]
 
@@ -197,8 +196,8 @@ def cache_dir(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["imaml", "protonet", "matchingnet", "mann", "pointnav"])
-def test_every_family_runs_distributed_and_is_tracked_like_maml(ray_local, tracking, cache_dir, config):
-    cfg = load(config, [*small(config), f"data.cache_dir={cache_dir}"])
+def test_every_family_runs_distributed_and_is_tracked_like_maml(ray_local, tracking, cache_dir, omniglot, config):
+    cfg = load(config, [*small(config, omniglot), f"data.cache_dir={cache_dir}"])
     parent = mlflow.get_run(run(cfg, tracking))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["algorithm"] == cfg["algorithm"]["name"]

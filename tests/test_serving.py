@@ -20,25 +20,25 @@ from pipelines.config import load
 from pipelines.pipeline import run
 from pipelines.serving import request
 from pipelines.stages.register import register_stage
-from tests.conftest import OMNIGLOT, start_local_ray
+from tests.conftest import start_local_ray
 
 NAME = "omniglot-served"
 CHAMPION = f"models:/{NAME}@champion"
 TRAIN = [
-    f"data.source={OMNIGLOT}", "data.rotations=false", "model.width=16", "train.steps=100", "train.meta_batch=8", "train.outer_lr=0.003", "task.queries=5",
+    "data.rotations=false", "model.width=16", "train.steps=100", "train.meta_batch=8", "train.outer_lr=0.003", "task.queries=5",
     "eval.tasks=20", "eval.steps=[1]", "register.metric=eval_post_adapt_acc", "train.compile=false",
 ]
 
 
 @pytest.fixture(scope="module")
-def champion(ray_session, tmp_path_factory):
+def champion(ray_session, tmp_path_factory, omniglot):
     """Train a small conv4 with MAML, register it; yields the store's URI, its folder and held-out 5-way 1-shot tasks."""
     start_local_ray(ray_session)  # as ray_local does, for a module-wide fixture
     folder = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        config = load("omniglot", [*TRAIN, f"data.cache_dir={folder / 'cache'}", f"register.model_name={NAME}"])
+        config = load("omniglot", [*omniglot.overrides(), *TRAIN, f"data.cache_dir={folder / 'cache'}", f"register.model_name={NAME}"])
         parent = mlflow.get_run(run(config, uri))
         with mlflow.start_run(run_id=parent.info.run_id), mlflow.start_run(run_name="register", nested=True):
             register_stage(config, parent.data.tags["train_run_id"], parent.data.metrics)
