@@ -3,6 +3,12 @@
 Shares are contiguous slices of the meta-batch's task indices. A share is a pure
 function of (parameters, step, indices), so a share lost with its worker, or
 stuck on a straggler, is simply computed again elsewhere with the same tasks.
+
+A worker that dies is replaced by the driver, not restarted by Ray: a new actor
+built from the same arguments, as a restart would rebuild it. Ray does not
+restart actors whose constructor arguments live in the object store reliably
+(ray#53727, and it logs an error for every such actor), while the driver holds
+the task splits' reference for as long as it runs.
 """
 
 import os
@@ -11,7 +17,7 @@ import time
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from cluster.worker import INLINE_BYTES, MetaWorker, from_wire, to_wire
 from meta_core.flat import Layout
@@ -56,22 +62,26 @@ class Driver:
         cluster = config["cluster"]
         self.meta_batch = config["train"]["meta_batch"]
         self.timeout = cluster["share_timeout_s"]
-        self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for restarts
+        self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for replacements
         self.config, self.layout, self.worker_cls = config, layout, worker_cls
         self.start_workers()
 
-    def start_workers(self) -> None:
-        """``cluster.workers`` new workers as ``self.workers``, once every one of them is placed and built."""
+    def new_worker(self) -> ray.actor.ActorHandle:
+        """A worker as ``cluster`` sizes it; the driver re-dispatches lost shares itself, to whichever worker is free."""
         cluster = self.config["cluster"]
         options = dict(
             num_cpus=cluster["num_cpus"],
             num_gpus=cluster["num_gpus"],
             resources=cluster["resources"],
             scheduling_strategy="SPREAD",  # over as many nodes as have room: losing one node loses few workers
-            max_restarts=-1,
-            max_task_retries=0,  # the driver re-dispatches lost shares itself, to whichever worker is free
+            max_task_retries=0,
         )
-        self.workers = [self.worker_cls.options(**options).remote(self.config, self.splits_ref, self.layout) for _ in range(cluster["workers"])]
+        return self.worker_cls.options(**options).remote(self.config, self.splits_ref, self.layout)
+
+    def start_workers(self) -> None:
+        """``cluster.workers`` new workers as ``self.workers``, once every one of them is placed and built."""
+        cluster = self.config["cluster"]
+        self.workers = [self.new_worker() for _ in range(cluster["workers"])]
         self.probes: dict[ray.ObjectRef, int] = {}  # a ping to each worker that failed or stalled
         started, _ = ray.wait([w.node.remote() for w in self.workers], num_returns=len(self.workers), timeout=STARTUP_S)
         if len(started) < len(self.workers):  # share timeouts start counting only once every worker is up
@@ -178,7 +188,7 @@ class Driver:
         return results
 
     def suspect(self, w: int) -> None:
-        """Send worker ``w`` a ping; it counts as healthy again once it answers (restarted, or done with its backlog)."""
+        """Send worker ``w`` a ping; it counts as healthy again once it answers (replaced, or done with its backlog)."""
         if w not in self.probes.values():
             self.probes[self.workers[w].node.remote()] = w
 
@@ -190,8 +200,11 @@ class Driver:
                 w = self.probes.pop(ref)
                 try:
                     ray.get(ref)
+                except ActorDiedError:  # gone for good: a new worker takes its place, healthy once it answers
+                    self.workers[w] = self.new_worker()
+                    self.suspect(w)
                 except RayError:
-                    self.suspect(w)  # died again before answering: ask the next incarnation
+                    self.suspect(w)  # not reachable for now: ask again
         return set(range(len(self.workers))) - set(self.probes.values())
 
     def shutdown(self) -> None:

@@ -47,9 +47,9 @@ class MetaWorker:
     """Computes summed meta-gradients for the task indices it is given.
 
     ``splits`` arrives from the object store as read-only, zero-copy arrays
-    shared by every worker on a node; tasks only gather from them. A restarted
-    actor re-runs ``__init__`` with the same arguments, so it comes back able to
-    recompute any share.
+    shared by every worker on a node; tasks only gather from them. A worker that
+    dies is replaced by one built from the same arguments (``cluster.driver``),
+    which can recompute any share.
     """
 
     def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):

@@ -1,5 +1,5 @@
-"""Faults on one node: a worker killed mid-step, and a straggler, on both aggregation paths. Training must end where a
-fault-free run ends."""
+"""Faults on one node: a worker killed mid-step, and a straggler, on both aggregation paths. Training must end where
+training in one process, with no faults and no workers, ends."""
 
 import os
 import signal
@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
-from tests.cluster_helpers import WorkerBase, config, train
+from tests.cluster_helpers import WorkerBase, config, reference, train
 
 FAULT_STEP = 2
 
@@ -54,21 +54,21 @@ def test_worker_killed_mid_step_is_replaced_and_parameters_match(ray_local, tmp_
     for workers in (1, 2):  # alone, the share waits for the restarted actor; with two, it moves to the live one
         marker.unlink(missing_ok=True)
         cfg = config(f"cluster.workers={workers}")
-        expected = train(cfg)
+        expected = reference(cfg)
         faulty = train(cfg, killed_mid_step(marker))
         assert marker.exists(), "the fault was never injected"
-        np.testing.assert_allclose(faulty, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(faulty, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
     delay_s = 60
     cfg = config("cluster.workers=2", "cluster.share_timeout_s=3")
-    expected = train(cfg)
+    expected = reference(cfg)
     started = time.monotonic()
     slow = train(cfg, straggling(tmp_path / "slow", delay_s))
     assert (tmp_path / "slow").exists(), "the straggler never stalled"
     assert time.monotonic() - started < delay_s / 2
-    np.testing.assert_allclose(slow, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(slow, expected, rtol=1e-5, atol=1e-6)
 
 
 def faulty_in_group(marker: Path, fault: str):
@@ -89,11 +89,11 @@ def faulty_in_group(marker: Path, fault: str):
 )
 def test_allreduce_call_that_fails_is_computed_again_by_a_new_group_and_parameters_match(ray_local, tmp_path, fault, seen_as, per_call):
     cfg = config("cluster.workers=2", "cluster.aggregation=allreduce", "cluster.share_timeout_s=5", f"cluster.steps_per_call={per_call}")
-    expected = train(cfg, AllreduceWorker, driver_cls=AllreduceDriver)
+    expected = reference(cfg)
     started = time.monotonic()
     # a lost worker is seen at once (its own death, or its peer's broken connection), a stalled one at the timeout
     with pytest.warns(UserWarning, match=rf"step 2: the all-reduce group failed \(({seen_as})"):
         faulty = train(cfg, faulty_in_group(tmp_path / fault, fault), driver_cls=AllreduceDriver)
     assert (tmp_path / fault).exists(), "the fault was never injected"
     assert time.monotonic() - started < 50
-    np.testing.assert_allclose(faulty, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(faulty, expected, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import ActorUnavailableError
 
-from tests.cluster_helpers import STEPS, config, train
+from tests.cluster_helpers import STEPS, config, reference, train
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,6 @@ def wait_until_dead(node_id: str, wait_s: float = 60) -> None:
 def test_node_removed_mid_run_training_goes_on_with_the_nodes_left(two_nodes):
     cfg = config("cluster.workers=2")
     ray.init(address=two_nodes.address, log_to_driver=False)
-    expected = train(cfg)  # fault-free, on the head alone
     side = two_nodes.add_node(num_cpus=2)
     two_nodes.wait_for_nodes()
     placed = {}
@@ -62,4 +61,4 @@ def test_node_removed_mid_run_training_goes_on_with_the_nodes_left(two_nodes):
     survived = train(cfg, between_steps=remove_side_node)
     assert placed[0] == {two_nodes.head_node.node_id, side.node_id}, "workers should spread over both nodes"
     assert placed[STEPS - 1] == {two_nodes.head_node.node_id}, "the lost worker should restart on the node left"
-    np.testing.assert_allclose(survived, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(survived, reference(cfg), rtol=1e-5, atol=1e-6)
