@@ -3,7 +3,7 @@
 With the default aggregation every worker sends its share's flat gradient to
 the driver, which adds them up and takes the outer optimizer's step: for a
 10M-parameter model that is 40 MB per worker into one process every step, and
-for a tiny one a round trip through Ray (about 1 ms) every step. Here the
+for a tiny one a round trip through Ray every step. Here the
 workers form a torch.distributed process group (gloo on CPU, nccl on GPU), as
 DistributedDataParallel does: every rank holds the parameters and the outer
 optimizer, the ranks sum their gradients in a ring, and each takes the same
@@ -36,15 +36,15 @@ import torch
 import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayError
 
+from cluster.config import ClusterConfig, WorkerSetup
 from cluster.driver import Driver, split
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout, numel
-from meta_core.outer import make_optimizer
 
 
 def pack(flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict:
     """Parameters and outer optimizer state, their tensors as numpy arrays: Ray moves those by their buffers, with no
-    pickling of the bytes (a 20M-parameter Adam state's ``torch.save`` took 0.28 s here, its arrays nothing)."""
+    pickling of the bytes, which for a large model's Adam state costs more than the step."""
     return {"flat": flat.detach().cpu().numpy(), "optimizer": mapped(optimizer.state_dict(), torch.Tensor, lambda t: t.detach().cpu().numpy())}
 
 
@@ -65,17 +65,15 @@ def mapped(tree, kind: type, fn):
     return fn(tree) if isinstance(tree, kind) else tree
 
 
-@ray.remote
-class AllreduceWorker(MetaWorker.__ray_actor_class__):
+class AllreduceWorker(MetaWorker):
     """A MetaWorker that is also one rank of a torch.distributed process group, holding the parameters and the
     outer optimizer between calls."""
 
-    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):
-        super().__init__(config, splits, layout)
-        train = config["train"]
-        self.meta_batch = train["meta_batch"]
+    def __init__(self, setup: WorkerSetup, splits: dict[str, np.ndarray | None], layout: Layout):
+        super().__init__(setup, splits, layout)
+        self.meta_batch = setup.outer.meta_batch
         self.flat = torch.zeros(numel(layout), device=self.device)
-        self.optimizer = make_optimizer(train["optimizer"], self.flat, train["outer_lr"])
+        self.optimizer = setup.outer.make_optimizer(self.flat)
 
     def host_group(self, world_size: int, timeout_s: float) -> tuple[str, int]:
         """As rank 0: start the group's rendezvous store on a port the OS picks; where the other ranks find it."""
@@ -102,7 +100,7 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
         for step in range(first, first + count):
             total, sums = self.share(self.flat, step, indices)
             grad = total.float()  # on the worker's device: nccl sums it GPU to GPU
-            if dist.get_world_size() > 1:  # gloo takes about 0.1 ms to sum a group of one
+            if dist.get_world_size() > 1:  # gloo would still take its time to sum a group of one
                 dist.all_reduce(grad)
             self.flat.grad = grad / self.meta_batch
             self.optimizer.step()
@@ -113,8 +111,8 @@ class AllreduceWorker(MetaWorker.__ray_actor_class__):
 class AllreduceDriver(Driver):
     """A Driver whose workers sum the meta-gradient among themselves and take the outer step themselves."""
 
-    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout, worker_cls=AllreduceWorker):
-        super().__init__(config, splits, layout, worker_cls=worker_cls)
+    def __init__(self, setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, worker_cls=AllreduceWorker):
+        super().__init__(setup, cluster, splits, layout, worker_cls=worker_cls)
         self.form_group()
 
     def form_group(self) -> None:
@@ -154,8 +152,6 @@ class AllreduceDriver(Driver):
         return state, [self.mean_metrics(list(step)) for step in zip(*(results[ref][1] for ref in refs))]
 
 
-def make_driver(config: dict, splits: dict[str, np.ndarray], layout: Layout) -> Driver:
+def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout) -> Driver:
     """The driver that ``cluster.aggregation`` names."""
-    if config["cluster"]["aggregation"] == "allreduce":
-        return AllreduceDriver(config, splits, layout)
-    return Driver(config, splits, layout)
+    return (AllreduceDriver if cluster.aggregation == "allreduce" else Driver)(setup, cluster, splits, layout)

@@ -19,6 +19,7 @@ import ray
 import torch
 from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
+from cluster.config import ClusterConfig, WorkerSetup
 from cluster.worker import INLINE_BYTES, MetaWorker, from_wire, to_wire
 from meta_core.flat import Layout
 
@@ -51,45 +52,43 @@ def split(n: int, parts: int) -> list[list[int]]:
 def broadcast(flat: np.ndarray) -> bytes | ray.ObjectRef:
     """What each worker's call carries: the parameters in the object store once, shared by every call (and
     zero-copy on every worker of a node), or, when Ray would inline them anyway, inside each call
-    (``to_wire``): a small model then skips the object store's round trip, about 1 ms per step."""
+    (``to_wire``): a small model then skips the object store's round trip every step."""
     return to_wire(flat) if flat.nbytes <= INLINE_BYTES else ray.put(flat)
 
 
 class Driver:
     """Owns the workers; turns parameters and a step number into the averaged meta-gradient."""
 
-    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout, worker_cls=MetaWorker):
-        cluster = config["cluster"]
-        self.meta_batch = config["train"]["meta_batch"]
-        self.timeout = cluster["share_timeout_s"]
+    def __init__(self, setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, worker_cls=MetaWorker):
+        self.meta_batch = setup.outer.meta_batch
+        self.timeout = cluster.share_timeout_s
         self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for replacements
-        self.config, self.layout, self.worker_cls = config, layout, worker_cls
+        self.setup, self.cluster, self.layout = setup, cluster, layout
+        self.actor_cls = ray.remote(worker_cls)  # a plain class made an actor here, so subclasses stay plain classes
         self.start_workers()
 
     def new_worker(self) -> ray.actor.ActorHandle:
         """A worker as ``cluster`` sizes it; the driver re-dispatches lost shares itself, to whichever worker is free."""
-        cluster = self.config["cluster"]
         options = dict(
-            num_cpus=cluster["num_cpus"],
-            num_gpus=cluster["num_gpus"],
-            resources=cluster["resources"],
+            num_cpus=self.cluster.num_cpus,
+            num_gpus=self.cluster.num_gpus,
+            resources=dict(self.cluster.resources),
             scheduling_strategy="SPREAD",  # over as many nodes as have room: losing one node loses few workers
             max_task_retries=0,
         )
-        return self.worker_cls.options(**options).remote(self.config, self.splits_ref, self.layout)
+        return self.actor_cls.options(**options).remote(self.setup, self.splits_ref, self.layout)
 
     def start_workers(self) -> None:
         """``cluster.workers`` new workers as ``self.workers``, once every one of them is placed and built."""
-        cluster = self.config["cluster"]
-        self.workers = [self.new_worker() for _ in range(cluster["workers"])]
+        self.workers = [self.new_worker() for _ in range(self.cluster.workers)]
         self.probes: dict[ray.ObjectRef, int] = {}  # a ping to each worker that failed or stalled
         started, _ = ray.wait([w.node.remote() for w in self.workers], num_returns=len(self.workers), timeout=STARTUP_S)
         if len(started) < len(self.workers):  # share timeouts start counting only once every worker is up
             self.shutdown()
             raise RuntimeError(
                 f"only {len(started)} of cluster.workers={len(self.workers)} workers started within {STARTUP_S}s: "
-                f"the cluster lacks num_cpus={cluster['num_cpus']}, num_gpus={cluster['num_gpus']}, "
-                f"resources={cluster['resources']} per worker"
+                f"the cluster lacks num_cpus={self.cluster.num_cpus}, num_gpus={self.cluster.num_gpus}, "
+                f"resources={dict(self.cluster.resources)} per worker"
             )
 
     def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:

@@ -6,9 +6,9 @@ import numpy as np
 import ray
 import torch
 
-from meta_core.build import build_learner, build_source, vectorized
+from cluster.config import WorkerSetup
 from meta_core.flat import Layout
-from meta_core.step import evaluate_tasks, share_gradient
+from meta_core.step import evaluate_tasks, share_gradient, vectorized
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 INLINE_BYTES = 100 * 1024  # Ray sends call arguments and results up to this size inside the call (max_direct_call_object_size)
@@ -16,7 +16,7 @@ INLINE_BYTES = 100 * 1024  # Ray sends call arguments and results up to this siz
 
 def to_wire(array: np.ndarray) -> np.ndarray | bytes:
     """A float32 array as it crosses processes fastest: up to Ray's inline size as bytes, which Ray serializes
-    about 0.2 ms per call faster than an array; above it as the array, which the object store holds zero-copy."""
+    faster than an array; above it as the array, which the object store holds zero-copy."""
     return array.tobytes() if array.nbytes <= INLINE_BYTES else array
 
 
@@ -30,8 +30,8 @@ def reuse_freed_memory() -> None:
 
     Torch takes CPU tensors straight from malloc, which by default serves blocks of a conv
     net's activation size with fresh ``mmap``s, and unmaps or trims them when they are
-    freed: every step then page-faults its activations in again, about 13,000 faults and
-    a sixth of the time of a 5-way Omniglot task. From a heap that is never trimmed, each
+    freed: every step then page-faults its activations in again (benchmarks/ measures what
+    that costs a 5-way Omniglot task). From a heap that is never trimmed, each
     step reuses the previous step's pages, as CUDA's caching allocator does. A no-op off glibc.
     """
     try:
@@ -42,7 +42,6 @@ def reuse_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and the heap's free top kept (mallopt takes an int)
 
 
-@ray.remote
 class MetaWorker:
     """Computes summed meta-gradients for the task indices it is given.
 
@@ -52,26 +51,25 @@ class MetaWorker:
     which can recompute any share.
     """
 
-    def __init__(self, config: dict, splits: dict[str, np.ndarray], layout: Layout):
+    def __init__(self, setup: WorkerSetup, splits: dict[str, np.ndarray | None], layout: Layout):
         reuse_freed_memory()
-        torch.set_num_threads(max(1, int(config["cluster"]["num_cpus"])))
-        use_gpu = config["cluster"]["num_gpus"] > 0 and torch.cuda.is_available()
+        torch.set_num_threads(max(1, int(setup.num_cpus)))
+        use_gpu = setup.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.algo = build_learner(config)
+        self.algo = setup.learner.build()
         self.algo.model.to(self.device)
-        self.sources = {name: build_source(config, images) for name, images in splits.items()}
-        self.seed, self.layout = config["seed"], layout
-        self.pre_adapt_every = config["train"]["pre_adapt_every"]
-        self.vectorize, self.compiled = vectorized(config, use_gpu), config["train"]["compile"]
+        self.sources = {name: setup.tasks(examples) for name, examples in splits.items()}
+        self.seed, self.layout, self.pre_adapt_every = setup.seed, layout, setup.pre_adapt_every
+        self.vectorize, self.compiled = vectorized(setup.vectorize, setup.learner.model.name, use_gpu), setup.compile
 
     def params(self, flat: np.ndarray | bytes) -> torch.Tensor:
         return torch.tensor(from_wire(flat), device=self.device)  # a copy: object-store arrays are read-only
 
     def share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed meta-gradient (float64, on the worker's device) and metrics of this share at ``params``; pre-adaptation metrics every few steps."""
-        self.algo.track_pre_adapt = step % self.pre_adapt_every == 0
+        pre_adapt = step % self.pre_adapt_every == 0
         train = self.sources["train"]
-        return share_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled)
+        return share_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled, pre_adapt)
 
     def meta_gradient(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray | bytes, dict[str, float]]:
         """Summed meta-gradient of this share as float32 (accumulated in float64; ``to_wire``), and summed metrics."""

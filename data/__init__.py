@@ -1,6 +1,11 @@
-"""Data sets: raw sources in, a cached Parquet dataset with splits out, arrays for the task samplers."""
+"""Data sets: raw sources in, a cached Parquet dataset with splits out, arrays for the task samplers.
 
+Importing this package registers the built-in data sets' specs (``data.registry.DATASETS``).
+"""
+
+from data import generated, omniglot, table  # noqa: F401
 from data.dataset import SPLITS, load_splits, manifest_of, prepare, split_names
+from data.registry import DATASETS, DataConfig, DatasetSpec, register_dataset
 from data.sources import DataError
 
-__all__ = ["SPLITS", "DataError", "load_splits", "manifest_of", "prepare", "split_names"]
+__all__ = ["DATASETS", "SPLITS", "DataConfig", "DataError", "DatasetSpec", "load_splits", "manifest_of", "prepare", "register_dataset", "split_names"]

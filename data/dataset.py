@@ -13,14 +13,16 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data import omniglot, table
+from data.registry import DATASETS, Classes, DataConfig
 from data.sources import DataError, file_digest, resolve
+from meta_core.tasks import TaskShape
 
 FORMAT_VERSION = 2  # 2: an optional validation split
 CACHE = Path(__file__).parent / "cache"
@@ -29,26 +31,17 @@ SPLITS = ("train", "val", "test")  # "val" only where data.val_size holds some o
 NOT_CONTENT = ("cache_dir",)
 
 
-def cache_dir(data: dict) -> Path:
-    return Path(data["cache_dir"]) if data["cache_dir"] else CACHE
+def cache_dir(data: DataConfig) -> Path:
+    return Path(data.cache_dir) if data.cache_dir else CACHE
 
 
-def sources(data: dict) -> list[str]:
-    source = data["source"]
-    return [source] if isinstance(source, str) else list(source)
+def sources(data: DataConfig) -> list[str]:
+    return [data.source] if isinstance(data.source, str) else list(data.source)
 
 
-def read_source(path: Path, data: dict) -> omniglot.Classes:
-    if path.suffix in table.SUFFIXES:
-        return table.read(path, data)
-    if data["features"]:
-        raise DataError(f"{path}: data.features is set, so every data.source must be a .parquet or .csv table")
-    return omniglot.read(path, data["image_size"])
-
-
-def combine(parts: list[omniglot.Classes]) -> omniglot.Classes:
+def combine(parts: list[Classes]) -> Classes:
     """All classes, each kept once where sources overlap (the first source wins)."""
-    merged: omniglot.Classes = {}
+    merged: Classes = {}
     for classes in parts:
         for key, samples in classes.items():
             merged.setdefault(key, samples)
@@ -64,24 +57,24 @@ def held_out_count(size, units: int, key: str, unit: str) -> int:
     return count
 
 
-def assign_splits(keys: list[tuple[str, str]], data: dict, seed: int) -> dict[tuple[str, str], str]:
+def assign_splits(keys: list[tuple[str, str]], data: DataConfig, seed: int) -> dict[tuple[str, str], str]:
     """Each class's split. Whole groups (or classes) are drawn from ``seed``: the test ones first, then the
     validation ones from the rest, so the test split is the same whatever ``data.val_size`` is."""
-    by_group = data["split"] == "group"
+    by_group = data.split == "group"
     if by_group and any(group == "" for group, _ in keys):
         raise DataError("data.split: 'group' needs every class to have a group; set data.group_column or use data.split=class")
     unit = "groups" if by_group else "classes"
     units = sorted({group for group, _ in keys} if by_group else set(keys))
     if len(units) < 2:
         raise DataError(f"data.split: need at least 2 {unit} to split, found {len(units)}")
-    tests = held_out_count(data["test_size"], len(units), "data.test_size", unit)
-    vals = held_out_count(data["val_size"], len(units) - tests, "data.val_size", unit) if data["val_size"] else 0
+    tests = held_out_count(data.test_size, len(units), "data.test_size", unit)
+    vals = held_out_count(data.val_size, len(units) - tests, "data.val_size", unit) if data.val_size else 0
     order = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
     split_of = {**{u: "test" for u in order[:tests]}, **{u: "val" for u in order[tests : tests + vals]}}
     return {key: split_of.get(key[0] if by_group else key, "train") for key in keys}
 
 
-def rectangular(classes: omniglot.Classes) -> tuple[np.ndarray, int, str]:
+def rectangular(classes: Classes) -> tuple[np.ndarray, int, str]:
     """Classes as one (classes, samples, ...) array, each cut to the smallest class; and that class."""
     smallest = min(classes, key=lambda k: len(classes[k]))
     n = len(classes[smallest])
@@ -107,20 +100,20 @@ def write_split(path: Path, x: np.ndarray, labels: list[str], groups: list[str])
     pq.write_table(pa.table(columns), path, compression="lz4", use_dictionary=["label", "group"])
 
 
-def build(folder: Path, data: dict, seed: int, checked: list[dict]) -> dict:
+def build(folder: Path, data: DataConfig, seed: int, checked: list[dict]) -> dict:
     """Write the Parquet splits and return the manifest (not yet written)."""
-    classes = combine([read_source(Path(s["path"]), data) for s in checked])
+    classes = combine([DATASETS[data.name].read(Path(s["path"]), data) for s in checked])
     split_of = assign_splits(list(classes), data, seed)
     manifest = {
         "format_version": FORMAT_VERSION,
         "sources": [{"source": s["source"], "file": Path(s["path"]).name, "sha256": s["sha256"]} for s in checked],
-        "kind": "features" if data["features"] else "images",
+        "kind": "features" if data.features else "images",
         "preprocessing": (
-            {"features": data["features"]}
-            if data["features"]
-            else {"image_size": data["image_size"], "resample": "lanczos", "omniglot_strokes": 1.0, "rotations": data["rotations"]}
+            {"features": list(data.features)}
+            if data.features
+            else {"image_size": data.image_size, "resample": "lanczos", "omniglot_strokes": 1.0, "rotations": data.rotations}
         ),
-        "splits": {"by": data["split"], "test_size": data["test_size"], "val_size": data["val_size"], "seed": seed},
+        "splits": {"by": data.split, "test_size": data.test_size, "val_size": data.val_size, "seed": seed},
     }
     for split in SPLITS:
         part = {k: v for k, v in classes.items() if split_of[k] == split}
@@ -129,7 +122,7 @@ def build(folder: Path, data: dict, seed: int, checked: list[dict]) -> dict:
         x, samples, smallest = rectangular(part)
         labels = ["/".join(k) for k in part]
         groups = [k[0] for k in part]
-        if split == "train" and data["rotations"]:
+        if split == "train" and data.rotations:
             x, labels = rotated(x, labels)
             groups = groups * 4
         path = folder / f"{split}.parquet"
@@ -146,23 +139,21 @@ def build(folder: Path, data: dict, seed: int, checked: list[dict]) -> dict:
     return manifest
 
 
-def prepare(config: dict) -> Path:
-    """The prepared dataset's folder for ``config["data"]`` and ``config["seed"]``, built once and cached.
+def prepare(data: DataConfig, seed: int, task: TaskShape) -> Path:
+    """The prepared dataset's folder for ``data`` and ``seed``, built once and cached.
 
     The folder is written under a temporary name and renamed into place, so it is
-    either complete or absent. The task shape in ``config["task"]`` is checked
-    against it every time.
+    either complete or absent. The ``task`` shape is checked against it every time.
     """
-    data, seed = config["data"], config["seed"]
     root = cache_dir(data)
     checked = []
     for source in sources(data):
         for path, sha256 in resolve(source, root / "downloads"):
             checked.append({"source": source, "path": str(path.resolve()), "sha256": sha256})
-    content = {k: v for k, v in data.items() if k not in NOT_CONTENT}
+    content = {k: v for k, v in asdict(data).items() if k not in NOT_CONTENT}
     key = json.dumps({"data": content, "seed": seed, "sha256": [s["sha256"] for s in checked]}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    folder = root / f"{data['name']}-{digest}"
+    folder = root / f"{data.name}-{digest}"
     if not (folder / "manifest.json").exists():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
@@ -176,7 +167,7 @@ def prepare(config: dict) -> Path:
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    check_task(folder, config["task"])
+    check_task(folder, task)
     return folder
 
 
@@ -189,14 +180,14 @@ def split_names(manifest: dict) -> list[str]:
     return [split for split in SPLITS if split in manifest["splits"]]
 
 
-def check_task(folder: Path, task: dict) -> None:
+def check_task(folder: Path, task: TaskShape) -> None:
     """Every split must have enough classes for ``task.ways`` and samples for ``task.shots + task.queries``."""
     manifest = manifest_of(folder)
     for split in split_names(manifest):
         info = manifest["splits"][split]
-        if task["ways"] > info["classes"]:
-            raise DataError(f"task.ways: {task['ways']} ways but the {split} split of {folder} has only {info['classes']} classes")
-        need = task["shots"] + task["queries"]
+        if task.ways > info["classes"]:
+            raise DataError(f"task.ways: {task.ways} ways but the {split} split of {folder} has only {info['classes']} classes")
+        need = task.shots + task.queries
         if need > info["samples_per_class"]:
             raise DataError(
                 f"task.shots + task.queries: {need} samples per class needed but class '{info['smallest_class']}' "

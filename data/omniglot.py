@@ -8,10 +8,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, register_dataset, ways
 from data.sources import DataError
-
-# (alphabet, character) -> that character's drawings, each an (H, W) float32 array.
-Classes = dict[tuple[str, str], list[np.ndarray]]
 
 
 def decode(raw: bytes, size: int, where: str, invert: bool) -> np.ndarray:
@@ -42,8 +40,10 @@ def folder_entries(path: Path) -> Iterator[tuple[PurePosixPath, Callable[[], byt
         yield PurePosixPath(item.relative_to(path).as_posix()), None if item.is_dir() else item.read_bytes
 
 
-def read(path: Path, size: int) -> Classes:
-    """Every character under ``path`` (a zip or a folder); every file must be a readable image."""
+def read(path: Path, data: DataConfig) -> Classes:
+    """Every character under ``path`` (a zip or a folder), keyed by (alphabet, character), each drawing a
+    ``data.image_size`` square; every file must be a readable image."""
+    size = data.image_size
     if path.is_dir():
         return collect(path, folder_entries(path), size)
     if not zipfile.is_zipfile(path):
@@ -73,3 +73,14 @@ def collect(path: Path, entries, size: int) -> Classes:
         if len(folder.parts) == depth and (folder.parts[-2], folder.parts[-1]) not in classes:
             raise DataError(f"{path}/{folder}: empty class (no images)")
     return classes
+
+
+register_dataset(DatasetSpec(
+    "omniglot", "classification", "handwritten characters of 50 alphabets (Lake et al. 2015), 20 drawings each",
+    tasks=classification_tasks,
+    outputs=ways,
+    example=lambda data: ("images", (data.image_size, data.image_size)),
+    default_model=lambda data: "conv4",
+    read=read,
+    sources="an official set's name (images_background, images_evaluation, images_background_small1/2), a zip, a folder of zips or of <alphabet>/<character>/*.png, a URL",
+))

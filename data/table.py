@@ -8,13 +8,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from data.omniglot import Classes, decode
+from data.omniglot import decode
+from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, register_dataset, ways
 from data.sources import DataError
 
 SUFFIXES = (".parquet", ".csv")
 
 
 def read_file(path: Path) -> pa.Table:
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: expected a .parquet or .csv table (data.name is table)")
     try:
         return pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
     except (pa.ArrowException, OSError) as e:
@@ -49,16 +52,16 @@ def images(table: pa.Table, path: Path, name: str, size: int) -> list[np.ndarray
     return [decode(raw, size, f"{path} row {row} column '{name}'", invert=False) for row, raw in enumerate(values.to_pylist())]
 
 
-def read(path: Path, data: dict) -> Classes:
+def read(path: Path, data: DataConfig) -> Classes:
     """Rows grouped into classes keyed by (group, label); the group is '' without a group column."""
     table = read_file(path)
-    labels = column(table, path, data["label_column"], "data.label_column")
+    labels = column(table, path, data.label_column, "data.label_column")
     if labels.null_count:
-        raise DataError(f"{path}: label column '{data['label_column']}' has missing values")
-    groups = column(table, path, data["group_column"], "data.group_column") if data["group_column"] else None
+        raise DataError(f"{path}: label column '{data.label_column}' has missing values")
+    groups = column(table, path, data.group_column, "data.group_column") if data.group_column else None
     if groups is not None and groups.null_count:
-        raise DataError(f"{path}: group column '{data['group_column']}' has missing values")
-    rows = features(table, path, data["features"]) if data["features"] else images(table, path, data["image_column"], data["image_size"])
+        raise DataError(f"{path}: group column '{data.group_column}' has missing values")
+    rows = features(table, path, list(data.features)) if data.features else images(table, path, data.image_column, data.image_size)
     keys = zip(
         pc.cast(groups, pa.string()).to_pylist() if groups is not None else [""] * len(table),
         pc.cast(labels, pa.string()).to_pylist(),
@@ -69,3 +72,21 @@ def read(path: Path, data: dict) -> Classes:
     if not classes:
         raise DataError(f"{path}: the table has no rows")
     return classes
+
+
+def check(data: DataConfig) -> str | None:
+    if data.features and data.rotations:
+        return "config key 'data.rotations': only images can be rotated, data.features is set"
+    return None
+
+
+register_dataset(DatasetSpec(
+    "table", "classification", "a user's own few-shot problem: one row per example, with images or numeric features",
+    tasks=classification_tasks,
+    outputs=ways,
+    example=lambda data: ("vectors", (len(data.features),)) if data.features else ("images", (data.image_size, data.image_size)),
+    default_model=lambda data: "mlp" if data.features else "conv4",
+    read=read,
+    check=check,
+    sources="a .parquet or .csv table (data/README.md), or a list of them",
+))

@@ -4,8 +4,8 @@ Algorithms are written once, as pure functions differentiated with ``grad(fn)``
 (nesting for second order, as in the torch.func MAML examples). Outside a
 ``torch.func`` transform the same gradients come from ``torch.autograd.grad``,
 with ``create_graph`` exactly when an outer gradient is being taken. That path is
-about 1.7x faster for a conv net's second-order meta-gradient on CPU (see
-benchmarks/), and it is the one activation checkpointing works with. Under
+the faster one for a conv net's second-order meta-gradient on CPU (benchmarks/
+measures it), and it is the one activation checkpointing works with. Under
 ``torch.compile`` the functional path lets the whole meta-gradient trace as one graph.
 """
 

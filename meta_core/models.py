@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from meta_core.registry import ModelSpec, positive_int, register_model
+
 Params = dict[str, torch.Tensor]
 
 # The last layer of every model is called ``head``: ANIL adapts only that.
@@ -33,7 +35,7 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
     # running statistics would leak information across tasks.
     # Pooling before the ReLU computes exactly the paper's conv-BN-ReLU-pool (a max commutes
     # with any non-decreasing function, values and gradients alike) with the ReLU on a
-    # quarter of the activations: about 7% of a 5-way Omniglot task on CPU.
+    # quarter of the activations.
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1),
         nn.BatchNorm2d(cout, track_running_stats=False),
@@ -75,14 +77,17 @@ class GaussianPolicy(nn.Module):
         return self.head(self.body(x))
 
 
-def build_model(name: str, ways: int = 1, width: int = 64, image_size: int = 28, in_features: int = 1) -> nn.Module:
-    if name == "mlp":
-        return MLP(in_features, ways)
-    if name == "conv4":
-        return Conv4(ways=ways, width=width, image_size=image_size)
-    if name == "policy":
-        return GaussianPolicy(hidden=width)
-    raise ValueError(f"model.name: expected 'mlp', 'conv4' or 'policy', got {name!r}")
+MLP_SPEC = register_model(ModelSpec(
+    "mlp", lambda shape, outputs: MLP(shape[-1], outputs), "two 40-unit ReLU layers (the MAML paper's sinusoid regressor)", inputs=("vectors",),
+))
+CONV4_SPEC = register_model(ModelSpec(
+    "conv4", lambda shape, outputs, width: Conv4(outputs, width, image_size=shape[-1]), "four 3x3 conv blocks and a linear head",
+    inputs=("images",), options=(positive_int("width", 64, "filters per layer"),),
+))
+POLICY_SPEC = register_model(ModelSpec(
+    "policy", lambda shape, outputs, width: GaussianPolicy(width, shape[-1], outputs), "a Gaussian MLP policy",
+    inputs=("observations",), options=(positive_int("width", 100, "hidden units per layer"),),
+))
 
 
 def init_params(model: nn.Module, seed: int) -> Params:

@@ -33,8 +33,6 @@ class GoalTask(NamedTuple):
 class PointGoals:
     """Goals with ``rounds`` batches of ``rollouts`` trajectories' worth of noise (one per adaptation step, plus one)."""
 
-    kind = "rl"
-
     def __init__(self, rollouts: int, horizon: int, rounds: int):
         self.rollouts, self.horizon, self.rounds = rollouts, horizon, rounds
 

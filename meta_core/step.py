@@ -20,11 +20,19 @@ def draw(source, seed: int, stream: int, step: int, indices, device="cpu"):
     return [source.sample(task_rng(seed, stream, step, int(i))).to(device) for i in indices]
 
 
+def vectorized(choice: bool | str, model: str, on_gpu: bool) -> bool:
+    """Whether a share's tasks run as one ``vmap`` call: ``choice``, where ``"auto"`` means the small MLP
+    (per-task Python overhead dominates) or a GPU; the loop wins for conv nets on CPU (benchmarks/)."""
+    return (model == "mlp" or on_gpu) if choice == "auto" else choice
+
+
 @functools.cache
-def task_grad_fn(algo: Algorithm, vectorize: bool, compiled: bool):
-    """``algo.task_grad``, or its ``vmap`` over a stack of tasks; with ``compiled``, ``torch.compile``-d once per
-    algorithm object (it recompiles only for new task shapes or algorithm flags)."""
-    fn = vmap(algo.task_grad, in_dims=(None, 0)) if vectorize else algo.task_grad
+def task_grad_fn(algo: Algorithm, vectorize: bool, compiled: bool, pre_adapt: bool):
+    """``algo.task_grad`` (with or without the pre-adaptation metrics), or its ``vmap`` over a stack of tasks;
+    with ``compiled``, ``torch.compile``-d once per algorithm object and flags (it recompiles only for new task
+    shapes)."""
+    fn = functools.partial(algo.task_grad, pre_adapt=pre_adapt)
+    fn = vmap(fn, in_dims=(None, 0)) if vectorize else fn
     return compiled_or_eager(fn) if compiled else fn
 
 
@@ -49,7 +57,7 @@ def compiled_or_eager(fn):
 
 def share_gradient(
     algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool,
-    compiled: bool = False,
+    compiled: bool = False, pre_adapt: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Sum over ``indices`` of each task's meta-gradient (float64, on the parameters' device), and summed metrics.
 
@@ -57,13 +65,14 @@ def share_gradient(
     models, where Python overhead per task dominates; the loop wins for conv
     nets on CPU (see benchmarks/). A checkpointed inner loop always runs task by
     task: checkpointing is plain autograd, which ``vmap`` cannot batch.
-    ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``:
-    about 7x less compute for the sinusoid MLP's vmap, about 12% less for a conv net on CPU.
+    ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``
+    (benchmarks/ measures what it saves). ``pre_adapt`` adds the pre-adaptation
+    query metrics, at the cost of a forward pass.
     """
     params, device = unflatten(flat_params, layout), flat_params.device
     vectorize = vectorize and not algo.checkpoint_inner
     tasks = draw(source, seed, TRAIN, step, indices, "cpu" if vectorize else device)
-    task_grad = task_grad_fn(algo, vectorize, compiled)
+    task_grad = task_grad_fn(algo, vectorize, compiled, pre_adapt)
     if vectorize:  # stacked where drawn: one copy to the device per field, not one per task and field
         grads, metrics = task_grad(params, stack(tasks).to(device))
         total = flatten({k: g.sum(0, dtype=torch.float64) for k, g in grads.items()}, torch.float64)

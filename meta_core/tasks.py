@@ -6,12 +6,24 @@ however its meta-batch is split across workers, and a recomputed share or a
 resumed run sees exactly the tasks it saw before.
 """
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 TRAIN, EVAL = 0, 1  # streams: training tasks and held-out evaluation tasks never share keys
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """The ``task:`` section of a config: ``ways`` (classification), ``shots`` and ``queries`` per class (per
+    task for regression; for RL, ``shots`` trajectories of ``horizon`` steps per batch of rollouts)."""
+
+    ways: int = 5
+    shots: int = 10
+    queries: int = 10
+    horizon: int = 100
 
 
 def task_rng(seed: int, stream: int, step: int, index: int) -> np.random.Generator:
@@ -38,8 +50,6 @@ def stack(tasks: list[Task]) -> Task:
 class SinusoidTasks:
     """y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (Finn et al. 2017)."""
 
-    kind = "regression"
-
     def __init__(self, shots: int, queries: int):
         self.shots, self.queries = shots, queries
 
@@ -58,8 +68,6 @@ class ClassificationTasks:
     The image array may be a read-only view into shared memory: sampling only
     gathers from it, so the copy made here is one task's worth of pixels.
     """
-
-    kind = "classification"
 
     def __init__(self, images: np.ndarray, ways: int, shots: int, queries: int):
         classes, samples = images.shape[:2]

@@ -36,8 +36,9 @@ def cmd_compare(args) -> None:
 
 def cmd_prepare(args) -> None:
     import data
+    from pipelines.build import prepared
 
-    folder = data.prepare(load(args.config, args.overrides))
+    folder = prepared(load(args.config, args.overrides))
     manifest = data.manifest_of(folder)
     splits = manifest["splits"]
     print(folder)
@@ -51,8 +52,14 @@ def cmd_episodes(args) -> None:
     print(report(score_episodes(args.model_uri, args.folder, args.tracking_uri)))
 
 
+def cmd_specs(args) -> None:
+    from pipelines.specs import describe
+
+    print(describe())
+
+
 def cmd_submit(args) -> int:
-    from cluster.submit import submit
+    from pipelines.submit import submit
 
     return submit(args.config, args.overrides, args.address, args.tracking_uri)
 
@@ -86,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     add_config_args(submit)
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (through a tunnel)")
     submit.set_defaults(handler=cmd_submit)
+
+    specs = sub.add_parser("specs", help="every algorithm, model and data set, with the options each takes and their defaults")
+    specs.set_defaults(handler=cmd_specs)
 
     resume = sub.add_parser("resume", parents=[tracking], help="continue a pipeline run from its last checkpoint")
     resume.add_argument("run_id", help="the pipeline's MLflow run id")

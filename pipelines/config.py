@@ -1,42 +1,126 @@
-"""Configs: YAML over defaults, `--set a.b=c` overrides, validated before anything starts."""
+"""Configs: YAML over defaults, `--set a.b=c` overrides, validated once into a typed, frozen ``Config``.
+
+Every check is a one-line ``ConfigError`` naming the key. What an algorithm, a model or a data set accepts comes
+from its spec (``meta_core.registry``, ``data.registry``): the ``algorithm:`` and ``model:`` sections take the
+chosen spec's options beside their common keys, with the spec's defaults.
+"""
 
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+import data  # noqa: F401  (registers the data sets)
+import meta_core.algorithms  # noqa: F401  (registers the algorithms; importing meta_core.models registers the models)
+from cluster.config import ClusterConfig
+from data.registry import DATASETS, DataConfig, DatasetSpec
+from meta_core.registry import ALGORITHMS, MODELS, AlgorithmSpec, ModelSpec, Option, is_int, is_number
+from meta_core.tasks import TaskShape
+
 CONFIG_DIR = Path(__file__).parent / "configs"
+OPEN_SECTIONS = ("algorithm", "model", "cluster.resources")  # keys beyond the defaults': a spec's options, resource names
 
 
 class ConfigError(ValueError):
     """A bad config value; the message names the key and what it expects."""
 
 
-CHOICES = {
-    "data.name": ["sinusoid", "omniglot", "table", "pointnav"],
-    "data.split": ["group", "class"],
-    "data.rotations": [True, False],
-    "model.name": ["mlp", "conv4", "policy"],
-    "algorithm.name": ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml", "protonet", "matchingnet", "mann", "maml_rl"],
-    "train.optimizer": ["adam", "sgd"],
-    "train.vectorize": ["auto", True, False],
-    "train.compile": [True, False],
-    "algorithm.checkpoint_inner": [True, False],
-    "cluster.aggregation": ["driver", "allreduce"],
-}
-POSITIVE_INT = {"task.ways", "task.shots", "task.queries", "model.width", "train.steps", "train.meta_batch", "eval.tasks", "cluster.workers", "cluster.steps_per_call", "train.checkpoint_every", "train.pre_adapt_every", "data.image_size", "task.horizon", "algorithm.cg_steps", "algorithm.controller_size", "algorithm.memory_slots", "algorithm.memory_width"}
-NON_NEGATIVE_INT = {"seed", "algorithm.inner_steps"}
-POSITIVE_NUMBER = {"algorithm.lam", "algorithm.inner_lr", "train.outer_lr", "cluster.num_cpus", "cluster.share_timeout_s"}
-NON_NEGATIVE_NUMBER = {"cluster.num_gpus"}
-OPTIONAL_STR = {"run_name", "cluster.address", "register.model_name"}
-REQUIRED_STR = {"experiment", "train.checkpoint_dir"}
-FREE_FORM = {"cluster.resources"}  # sections whose keys the user names
-# Which model each data set needs (a table of numeric features needs "mlp").
-MODEL_FOR_DATA = {"sinusoid": "mlp", "omniglot": "conv4", "table": "conv4", "pointnav": "policy"}
-GENERATED = {"sinusoid", "pointnav"}  # data sets drawn from a formula: nothing to read or prepare
-CLASSIFIERS = {"protonet", "matchingnet", "mann"}  # algorithms that only make sense for classification
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)  # the model spec's own, with its defaults
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str
+    inner_steps: int = 1
+    inner_lr: float = 0.01
+    checkpoint_inner: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)  # the algorithm spec's own, with its defaults
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    meta_batch: int
+    optimizer: str
+    outer_lr: float
+    pre_adapt_every: int
+    checkpoint_every: int
+    checkpoint_dir: str
+    vectorize: bool | str
+    compile: bool
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: int
+    steps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    model_name: str | None
+    alias: str
+    metric: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated config; each layer is handed the sections it reads."""
+
+    seed: int
+    experiment: str
+    run_name: str | None
+    data: DataConfig
+    task: TaskShape
+    model: ModelConfig
+    algorithm: AlgorithmConfig
+    train: TrainConfig
+    eval: EvalConfig
+    cluster: ClusterConfig
+    register: RegisterConfig
+
+    @property
+    def dataset(self) -> DatasetSpec:
+        return DATASETS[self.data.name]
+
+    @property
+    def algorithm_spec(self) -> AlgorithmSpec:
+        return ALGORITHMS[self.algorithm.name]
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return MODELS[self.model.name]
+
+    def as_dict(self) -> dict:
+        """The config as YAML holds it (spec options inside their sections); ``from_dict`` reads it back."""
+        out = asdict(self)
+        for section in ("model", "algorithm"):
+            out[section].update(out[section].pop("options"))
+        return plain(out)
+
+    def with_overrides(self, *overrides: str) -> "Config":
+        """This config with ``--set``-style overrides, validated again."""
+        config = self.as_dict()
+        for item in overrides:
+            config = merge(config, parse_override(item))
+        return from_dict(config)
+
+
+def plain(value):
+    """Tuples as lists and mappings as dicts, all the way down: what YAML and JSON write."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -50,20 +134,20 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def digest(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(plain(value), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        content = yaml.safe_load(path.read_text()) or {}
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
+    if not isinstance(content, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return data
+    return content
 
 
 def resolve_path(name: str | None) -> Path | None:
@@ -77,15 +161,19 @@ def resolve_path(name: str | None) -> Path | None:
 
 
 def merge(base: dict, override: dict, prefix: str = "") -> dict:
+    """``override`` over ``base``; a key ``base`` lacks is an error, except in the open sections."""
     out = dict(base)
     for key, value in override.items():
         dotted = f"{prefix}{key}"
         if key not in base:
+            if prefix.rstrip(".") in OPEN_SECTIONS:
+                out[key] = value
+                continue
             raise ConfigError(f"config key '{dotted}': unknown key (known here: {', '.join(sorted(base))})")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}': expected a section of keys, got {value!r}")
-            out[key] = {**base[key], **value} if dotted in FREE_FORM else merge(base[key], value, f"{dotted}.")
+            out[key] = merge(base[key], value, f"{dotted}.")
         elif isinstance(value, dict):
             raise ConfigError(f"config key '{dotted}': expected a value, got a section")
         else:
@@ -104,7 +192,7 @@ def parse_override(item: str) -> dict:
     return value
 
 
-def load(name: str | None = None, overrides: list[str] = ()) -> dict:
+def load(name: str | None = None, overrides: list[str] = ()) -> Config:
     """Defaults, then the config file, then each ``--set``; validated."""
     config = read_yaml(CONFIG_DIR / "defaults.yaml")
     path = resolve_path(name)
@@ -112,105 +200,174 @@ def load(name: str | None = None, overrides: list[str] = ()) -> dict:
         config = merge(config, read_yaml(path))
     for item in overrides:
         config = merge(config, parse_override(item))
-    validate(config)
-    return config
+    return from_dict(config)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+# -- validation ---------------------------------------------------------------------------------------------------
+Rule = tuple[str, Callable[[Any], bool]]  # what a valid value is, in words; and the test
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def one_of(*values) -> Rule:
+    return f"one of {list(values)}", lambda v: any(v == c and type(v) is type(c) for c in values)  # True is not 1
 
 
-def validate(config: dict) -> None:
-    flat = flatten(config)
-    for key, value in flat.items():
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"config key '{key}': expected one of {CHOICES[key]}, got {value!r}")
-        if key in POSITIVE_INT and not (_is_int(value) and value > 0):
-            raise ConfigError(f"config key '{key}': expected a positive integer, got {value!r}")
-        if key in NON_NEGATIVE_INT and not (_is_int(value) and value >= 0):
-            raise ConfigError(f"config key '{key}': expected a non-negative integer, got {value!r}")
-        if key in POSITIVE_NUMBER and not (_is_number(value) and value > 0):
-            raise ConfigError(f"config key '{key}': expected a positive number, got {value!r}")
-        if key in NON_NEGATIVE_NUMBER and not (_is_number(value) and value >= 0):
-            raise ConfigError(f"config key '{key}': expected a non-negative number, got {value!r}")
-        if key in OPTIONAL_STR and value is not None and not isinstance(value, str):
-            raise ConfigError(f"config key '{key}': expected a string or null, got {value!r}")
-        if key in REQUIRED_STR and not (isinstance(value, str) and value):
-            raise ConfigError(f"config key '{key}': expected a non-empty string, got {value!r}")
-        if key.startswith("cluster.resources.") and not (_is_number(value) and value >= 0):
-            raise ConfigError(f"config key '{key}': expected a non-negative amount of that resource per worker, got {value!r}")
-    steps = flat["eval.steps"]
-    if not (isinstance(steps, list) and steps and all(_is_int(s) and s > 0 for s in steps)):
-        raise ConfigError(f"config key 'eval.steps': expected a non-empty list of positive integers, got {steps!r}")
-    source = flat["data.source"]
-    if source is not None and not (isinstance(source, str) or (isinstance(source, list) and all(isinstance(s, str) for s in source))):
-        raise ConfigError(f"config key 'data.source': expected a path or a list of paths, got {source!r}")
-    if flat["cluster.aggregation"] == "allreduce" and flat["train.meta_batch"] < flat["cluster.workers"]:
+POSITIVE_INT: Rule = ("a positive integer", lambda v: is_int(v) and v > 0)
+NON_NEGATIVE_INT: Rule = ("a non-negative integer", lambda v: is_int(v) and v >= 0)
+POSITIVE_NUMBER: Rule = ("a positive number", lambda v: is_number(v) and v > 0)
+NON_NEGATIVE_NUMBER: Rule = ("a non-negative number", lambda v: is_number(v) and v >= 0)
+BOOLEAN: Rule = one_of(True, False)
+NAME: Rule = ("a non-empty string", lambda v: isinstance(v, str) and bool(v))
+OPTIONAL_NAME: Rule = ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and bool(v)))
+HELD_OUT: Rule = ("a fraction between 0 and 1 or a whole number of groups (or classes)", lambda v: (is_number(v) and 0 < v < 1) or (is_int(v) and v >= 1))
+
+RULES: dict[str, Rule] = {
+    "seed": NON_NEGATIVE_INT,
+    "experiment": NAME,
+    "run_name": OPTIONAL_NAME,
+    "data.source": ("a path, a name or a URL, a list of them, or null", lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(s, str) for s in v))),
+    "data.split": one_of("group", "class"),
+    "data.test_size": HELD_OUT,
+    "data.val_size": ("0, a fraction between 0 and 1, or a whole number of groups (or classes)", lambda v: v == 0 and is_int(v) or HELD_OUT[1](v)),
+    "data.rotations": BOOLEAN,
+    "data.image_size": POSITIVE_INT,
+    "data.label_column": NAME,
+    "data.image_column": NAME,
+    "data.group_column": OPTIONAL_NAME,
+    "data.features": ("a non-empty list of column names or null", lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v))),
+    "data.cache_dir": OPTIONAL_NAME,
+    "task.ways": POSITIVE_INT,
+    "task.shots": POSITIVE_INT,
+    "task.queries": POSITIVE_INT,
+    "task.horizon": POSITIVE_INT,
+    "algorithm.inner_steps": NON_NEGATIVE_INT,
+    "algorithm.inner_lr": POSITIVE_NUMBER,
+    "algorithm.checkpoint_inner": BOOLEAN,
+    "train.steps": POSITIVE_INT,
+    "train.meta_batch": POSITIVE_INT,
+    "train.optimizer": one_of("adam", "sgd"),
+    "train.outer_lr": POSITIVE_NUMBER,
+    "train.pre_adapt_every": POSITIVE_INT,
+    "train.checkpoint_every": POSITIVE_INT,
+    "train.checkpoint_dir": NAME,
+    "train.vectorize": one_of("auto", True, False),
+    "train.compile": BOOLEAN,
+    "eval.tasks": POSITIVE_INT,
+    "eval.steps": ("a non-empty list of positive integers", lambda v: isinstance(v, list) and bool(v) and all(is_int(s) and s > 0 for s in v)),
+    "cluster.address": OPTIONAL_NAME,
+    "cluster.workers": POSITIVE_INT,
+    "cluster.num_cpus": POSITIVE_NUMBER,
+    "cluster.num_gpus": NON_NEGATIVE_NUMBER,
+    "cluster.share_timeout_s": POSITIVE_NUMBER,
+    "cluster.aggregation": one_of("driver", "allreduce"),
+    "cluster.steps_per_call": POSITIVE_INT,
+    "register.model_name": OPTIONAL_NAME,
+}
+
+
+def check(key: str, value, rule: Rule) -> None:
+    expects, accepts = rule
+    if not accepts(value):
+        raise ConfigError(f"config key '{key}': expected {expects}, got {value!r}")
+
+
+def named(key: str, value, registry: Mapping) -> None:
+    if value not in registry:
+        raise ConfigError(f"config key '{key}': expected one of {sorted(registry)}, got {value!r}")
+
+
+def spec_options(section: str, raw: dict, common: tuple[str, ...], name: str, options: tuple[Option, ...]) -> dict:
+    """The spec's options in a section: each given value checked, the others at the spec's defaults. A null is no
+    value, so ``--set model.width=null`` drops an option that another model took."""
+    raw = {k: v for k, v in raw.items() if v is not None or k in common}
+    known = {o.name: o for o in options}
+    for key in raw:
+        if key not in common and key not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"config key '{section}.{key}': not an option of {section} '{name}' (its options: {listed})")
+    for option in options:
+        if option.name in raw:
+            check(f"{section}.{option.name}", raw[option.name], (option.expects, option.accepts))
+    return {o.name: raw.get(o.name, o.default) for o in options}
+
+
+def from_dict(config: dict) -> Config:
+    """A ``Config`` from a merged YAML mapping, or a ``ConfigError`` naming the first bad key."""
+    for key, value in flatten(config).items():
+        if key in RULES:
+            check(key, value, RULES[key])
+        elif key.startswith("cluster.resources."):
+            check(key, value, ("a non-negative amount of that resource per worker", NON_NEGATIVE_NUMBER[1]))
+    if not isinstance(config["cluster"]["resources"], dict):
+        raise ConfigError(f"config key 'cluster.resources': expected a section of resource amounts, got {config['cluster']['resources']!r}")
+    named("data.name", config["data"]["name"], DATASETS)
+    source, features = config["data"]["source"], config["data"]["features"]
+    data_config = DataConfig(**{
+        **config["data"], "source": tuple(source) if isinstance(source, list) else source, "features": tuple(features) if features else None,
+    })  # fmt: skip
+    dataset = DATASETS[data_config.name]
+    problem = dataset.check(data_config)
+    if problem:
+        raise ConfigError(problem)
+    if not dataset.generated and data_config.source is None:
+        raise ConfigError(f"config key 'data.source': {dataset.name} needs {dataset.sources}")
+
+    raw_model = config["model"]
+    model_name = raw_model["name"] or dataset.default_model(data_config)
+    named("model.name", model_name, MODELS)
+    model_spec = MODELS[model_name]
+    model = ModelConfig(model_name, spec_options("model", raw_model, ("name",), model_name, model_spec.options))
+    inputs, _ = dataset.example(data_config)
+    if inputs not in model_spec.inputs:
+        raise ConfigError(f"config key 'model.name': model '{model_name}' reads {', '.join(model_spec.inputs)}, data set '{dataset.name}' gives {inputs}")
+
+    raw_algorithm = config["algorithm"]
+    named("algorithm.name", raw_algorithm["name"], ALGORITHMS)
+    spec = ALGORITHMS[raw_algorithm["name"]]
+    common = ("name", "inner_steps", "inner_lr", "checkpoint_inner")
+    algorithm = AlgorithmConfig(**{k: raw_algorithm[k] for k in common}, options=spec_options("algorithm", raw_algorithm, common, spec.name, spec.options))
+    if dataset.kind not in spec.kinds:
+        raise ConfigError(f"config key 'algorithm.name': '{spec.name}' learns {' and '.join(spec.kinds)} tasks, data set '{dataset.name}' is {dataset.kind}")
+    if spec.models and model_name not in spec.models:
+        raise ConfigError(f"config key 'model.name': algorithm '{spec.name}' runs with {', '.join(spec.models)}, got '{model_name}'")
+    if algorithm.checkpoint_inner and not spec.checkpointable:
+        raise ConfigError(f"config key 'algorithm.checkpoint_inner': '{spec.name}' has no differentiated inner loop to checkpoint")
+
+    train = TrainConfig(**config["train"])
+    cluster = ClusterConfig(**config["cluster"])
+    if train.compile and algorithm.checkpoint_inner:
+        raise ConfigError("config key 'train.compile': cannot be combined with algorithm.checkpoint_inner (checkpointing needs plain autograd)")
+    if cluster.aggregation == "allreduce" and train.meta_batch < cluster.workers:
         raise ConfigError(
             f"config key 'cluster.aggregation': allreduce needs a task per worker, "
-            f"train.meta_batch ({flat['train.meta_batch']}) >= cluster.workers ({flat['cluster.workers']})"
+            f"train.meta_batch ({train.meta_batch}) >= cluster.workers ({cluster.workers})"
         )
-    if flat["cluster.aggregation"] == "allreduce" and 0 < flat["cluster.num_gpus"] < 1:
+    if cluster.aggregation == "allreduce" and 0 < cluster.num_gpus < 1:
         raise ConfigError(
-            f"config key 'cluster.num_gpus': allreduce on GPUs needs a whole GPU per worker (nccl runs one rank per GPU), "
-            f"got {flat['cluster.num_gpus']}"
+            f"config key 'cluster.num_gpus': allreduce on GPUs needs a whole GPU per worker (nccl runs one rank per GPU), got {cluster.num_gpus}"
         )
-    if flat["cluster.steps_per_call"] > 1 and flat["cluster.aggregation"] != "allreduce":
+    if cluster.steps_per_call > 1 and cluster.aggregation != "allreduce":
         raise ConfigError(
             f"config key 'cluster.steps_per_call': more than 1 needs cluster.aggregation: allreduce "
-            f"(there the workers take the outer step themselves), got {flat['cluster.steps_per_call']}"
+            f"(there the workers take the outer step themselves), got {cluster.steps_per_call}"
         )
-    if flat["train.compile"] and flat["algorithm.checkpoint_inner"]:
-        raise ConfigError("config key 'train.compile': cannot be combined with algorithm.checkpoint_inner (checkpointing needs plain autograd)")
-    validate_data(flat)
-    validate_register(flat)
-    data, model = flat["data.name"], flat["model.name"]
-    needed = "mlp" if flat["data.features"] else MODEL_FOR_DATA[data]
-    if needed != model:
-        raise ConfigError(f"config key 'model.name': data set '{data}' needs model '{needed}', got '{model}'")
-    if (flat["algorithm.name"] == "maml_rl") != (data == "pointnav"):
-        raise ConfigError(f"config key 'algorithm.name': only 'maml_rl' runs on 'pointnav', and only there; got '{flat['algorithm.name']}' on '{data}'")
-    if flat["algorithm.name"] in CLASSIFIERS and data in GENERATED:
-        raise ConfigError(f"config key 'algorithm.name': '{flat['algorithm.name']}' classifies, data set '{data}' is not classification")
-    if data not in GENERATED and source is None:
-        raise ConfigError(f"config key 'data.source': {data} needs a zip, folder, table or URL to read")
+    evaluation = EvalConfig(config["eval"]["tasks"], tuple(config["eval"]["steps"]))
+    register = RegisterConfig(**config["register"])
+    check_register(register, algorithm, evaluation, dataset)
+    return Config(
+        config["seed"], config["experiment"], config["run_name"], data_config, TaskShape(**config["task"]), model, algorithm, train, evaluation, cluster, register,
+    )  # fmt: skip
 
 
-def validate_register(flat: dict) -> None:
+def check_register(register: RegisterConfig, algorithm: AlgorithmConfig, evaluation: EvalConfig, dataset: DatasetSpec) -> None:
     """The alias must be one MLflow accepts; the metric one the evaluate stage reports for this task."""
-    alias = flat["register.alias"]
+    alias = register.alias
     if not (isinstance(alias, str) and re.fullmatch(r"[A-Za-z0-9_-]+", alias) and alias != "latest" and not re.fullmatch(r"v\d+", alias)):
         raise ConfigError(f"config key 'register.alias': expected letters, digits, '_' or '-' (not 'latest' or v<N>), got {alias!r}")
-    metric = flat["register.metric"]
+    metric = register.metric
     found = re.fullmatch(r"eval_(pre_adapt|post_adapt|steps(\d+))_(loss|acc)", metric) if isinstance(metric, str) else None
     if not found:
         raise ConfigError(f"config key 'register.metric': expected eval_<pre_adapt|post_adapt|steps<N>>_<loss|acc>, got {metric!r}")
-    if found[2] is not None and int(found[2]) not in {0, flat["algorithm.inner_steps"], *flat["eval.steps"]}:
+    if found[2] is not None and int(found[2]) not in {0, algorithm.inner_steps, *evaluation.steps}:
         raise ConfigError(f"config key 'register.metric': {metric} needs {found[2]} in eval.steps")
-    if found[3] == "acc" and flat["data.name"] in GENERATED:
-        raise ConfigError(f"config key 'register.metric': {metric} is a classification metric, {flat['data.name']} reports only losses")
-
-
-def validate_data(flat: dict) -> None:
-    """The ``data.*`` keys the prepare stage reads (data.source is checked above)."""
-    for key in ("data.test_size", "data.val_size"):
-        size = flat[key]
-        if not ((_is_number(size) and 0 < size < 1) or (_is_int(size) and size >= (1 if key == "data.test_size" else 0))):
-            raise ConfigError(f"config key '{key}': expected a fraction between 0 and 1 or a whole number of groups (or classes), got {size!r}")
-    for key in ("data.label_column", "data.image_column"):
-        if not (isinstance(flat[key], str) and flat[key]):
-            raise ConfigError(f"config key '{key}': expected a column name, got {flat[key]!r}")
-    for key in ("data.group_column", "data.cache_dir"):
-        if flat[key] is not None and not (isinstance(flat[key], str) and flat[key]):
-            raise ConfigError(f"config key '{key}': expected a non-empty string or null, got {flat[key]!r}")
-    features = flat["data.features"]
-    if features is not None and not (isinstance(features, list) and features and all(isinstance(f, str) for f in features)):
-        raise ConfigError(f"config key 'data.features': expected a non-empty list of column names or null, got {features!r}")
-    if features and flat["data.name"] != "table":
-        raise ConfigError(f"config key 'data.features': only a table has feature columns, data.name is {flat['data.name']!r}")
-    if features and flat["data.rotations"]:
-        raise ConfigError("config key 'data.rotations': only images can be rotated, data.features is set")
+    if found[3] == "acc" and dataset.kind != "classification":
+        raise ConfigError(f"config key 'register.metric': {metric} is a classification metric, {dataset.name} reports only losses")

@@ -67,7 +67,7 @@ def score_episodes(model_uri: str, folder: str | Path, tracking_uri: str | None 
     runs = sorted(p.name for p in root.glob("run*") if p.is_dir())
     if not runs:
         raise DataError(f"{root}: no runNN folders of episodes")
-    size, ways = config["data"]["image_size"], config["task"]["ways"]
+    size, ways = config.data.image_size, config.task.ways
     episodes = {run: read_episode(root, run, size) for run in runs}
     for run, task in episodes.items():
         if len(task.support_y) != ways:
@@ -77,7 +77,7 @@ def score_episodes(model_uri: str, folder: str | Path, tracking_uri: str | None 
         predicted = algo.predict(params, task.support_x, task.support_y, task.query_x).argmax(-1)
         accuracy[run] = float((predicted == task.query_y).float().mean())
     accuracy["overall"] = float(np.mean([accuracy[run] for run in runs]))
-    mlflow.set_experiment(config["experiment"])
+    mlflow.set_experiment(config.experiment)
     with mlflow.start_run(run_name="episodes", tags={"stage": "episodes", "model_uri": model_uri}):
         mlflow.log_params({"model_uri": model_uri, "episodes": str(root.resolve()), "runs": len(runs)})
         for step, run in enumerate(runs):

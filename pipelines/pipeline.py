@@ -20,12 +20,11 @@ from mlflow.entities import Run
 
 from cluster.allreduce import make_driver
 from cluster.driver import Driver, connect
-from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of, unflatten
-from meta_core.models import init_params
 from pipelines import tracking
 from pipelines.artifacts import load_trained, log_trained
-from pipelines.config import GENERATED, ConfigError, digest
+from pipelines.build import build_learner, worker_setup
+from pipelines.config import Config, ConfigError, digest, from_dict
 from pipelines.plots import log_plots
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.register import register_stage
@@ -33,7 +32,7 @@ from pipelines.stages.train import train
 
 
 def load_splits(prepared: dict) -> dict:
-    """Arrays the workers draw tasks from: the prepared train/test splits, or nothing for generated tasks."""
+    """Arrays the workers draw tasks from: the prepared splits, or nothing for tasks drawn from a formula."""
     if prepared["dataset"] is None:
         return {"train": None, "test": None}
     import data
@@ -44,17 +43,17 @@ def load_splits(prepared: dict) -> dict:
 class Context:
     """What stages share within one pipeline run: the config, upstream outputs, and one Ray driver."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: Config):
         self.config, self.outputs, self._driver = config, {}, None
 
     def fresh_params(self):
-        algo = build_learner(self.config)
-        return algo.init(init_params(algo.model, self.config["seed"]))
+        return build_learner(self.config).initial_params(self.config.seed)
 
     def driver(self) -> Driver:
         if self._driver is None:
-            connect(self.config["cluster"]["address"])
-            self._driver = make_driver(self.config, load_splits(self.outputs["prepare"]), layout_of(self.fresh_params()))
+            connect(self.config.cluster.address)
+            splits = load_splits(self.outputs["prepare"])
+            self._driver = make_driver(worker_setup(self.config), self.config.cluster, splits, layout_of(self.fresh_params()))
         return self._driver
 
     def close(self) -> None:
@@ -63,7 +62,7 @@ class Context:
 
 
 def prepare_body(ctx: Context, run) -> dict:
-    if ctx.config["data"]["name"] in GENERATED:
+    if ctx.config.dataset.generated:
         return {"dataset": None}
     from pipelines.stages.prepare import prepare_stage as prepare
 
@@ -108,14 +107,15 @@ STAGES = [
 STAGE_NAMES = [s.name for s in STAGES]
 
 
-def stage_key(stage: Stage, config: dict, outputs: dict) -> str:
-    inputs = {k: config[k] for k in stage.reads}
+def stage_key(stage: Stage, config: Config, outputs: dict) -> str:
+    sections = config.as_dict()
+    inputs = {k: sections[k] for k in stage.reads}
     inputs["upstream"] = {name: outputs[name] for name in stage.after}
     return digest(inputs)
 
 
 @contextlib.contextmanager
-def stage_run(**kwargs):
+def tracked_run(**kwargs):
     """An MLflow run that ends FINISHED, KILLED on Ctrl-C, or FAILED on any other error."""
     run = mlflow.start_run(**kwargs)
     try:
@@ -148,8 +148,8 @@ def run_stage(stage: Stage, ctx: Context, parent: Run, force: bool) -> None:
         mine = search(experiment_id, stage=stage.name, stage_key=key, **{"mlflow.parentRunId": parent.info.run_id})
         unfinished = [r for r in mine if r.info.status != "FINISHED"]
         reopen = {"run_id": unfinished[0].info.run_id} if unfinished and not force else {"run_name": stage.name}
-        tags = {"stage": stage.name, "stage_key": key, "config_digest": digest(ctx.config), "code_version": tracking.code_version()}
-        with stage_run(nested=True, tags=tags, **reopen) as run:
+        tags = {"stage": stage.name, "stage_key": key, "config_digest": digest(ctx.config.as_dict()), "code_version": tracking.code_version()}
+        with tracked_run(nested=True, tags=tags, **reopen) as run:
             outputs = stage.body(ctx, mlflow.get_run(run.info.run_id))
             mlflow.log_metrics(outputs.get("summary", {}))
             mlflow.set_tag("stage_outputs", json.dumps(outputs))
@@ -158,15 +158,15 @@ def run_stage(stage: Stage, ctx: Context, parent: Run, force: bool) -> None:
     mlflow.log_metrics(ctx.outputs[stage.name].get("summary", {}))
 
 
-def find_pipeline(experiment_id: str, config: dict) -> Run | None:
-    runs = search(experiment_id, stage="pipeline", config_digest=digest(config))
+def find_pipeline(experiment_id: str, config: Config) -> Run | None:
+    runs = search(experiment_id, stage="pipeline", config_digest=digest(config.as_dict()))
     return runs[0] if runs else None
 
 
-def run(config: dict, tracking_uri: str | None = None, force: tuple[str, ...] = (), resume_id: str | None = None) -> str:
+def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] = (), resume_id: str | None = None) -> str:
     """Run (or continue) the pipeline for ``config``; returns its MLflow parent run id."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
-    experiment = mlflow.set_experiment(config["experiment"])
+    experiment = mlflow.set_experiment(config.experiment)
     previous = mlflow.get_run(resume_id) if resume_id else find_pipeline(experiment.experiment_id, config)
     if previous is not None and previous.info.status == "FINISHED" and not force:
         print(f"pipeline run {previous.info.run_id} already finished with this config (use --force STAGE to redo one)")
@@ -178,7 +178,7 @@ def run(config: dict, tracking_uri: str | None = None, force: tuple[str, ...] = 
         start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline"}}
     ctx = Context(config)
     try:
-        with stage_run(**start, log_system_metrics=True) as parent:
+        with tracked_run(**start, log_system_metrics=True) as parent:
             if "run_id" not in start:
                 tracking.log_config(config)
             for stage in STAGES:
@@ -202,7 +202,7 @@ def resume(run_id: str, tracking_uri: str | None = None) -> str:
     if run_.data.tags.get("stage") != "pipeline":
         raise ConfigError(f"resume {run_id}: not a pipeline run (it is a '{run_.data.tags.get('stage')}' stage run)")
     config = yaml.safe_load(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")).read())
-    return run(config, tracking_uri, resume_id=run_id)
+    return run(from_dict(config), tracking_uri, resume_id=run_id)
 
 
 def report(metrics: dict[str, float]) -> str:

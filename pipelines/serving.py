@@ -28,26 +28,22 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from pipelines.artifacts import read_trained
+from pipelines.config import Config
 
 TRAINED = "trained"  # the artifact key of the learner's folder
 
 
-def input_shape(config: dict) -> tuple[int, ...]:
+def input_shape(config: Config) -> tuple[int, ...]:
     """The shape one example's ``x`` is reshaped to before the model sees it."""
-    data = config["data"]
-    if data["name"] == "sinusoid":
-        return (1,)
-    if data["features"]:
-        return (len(data["features"]),)
-    return (data["image_size"], data["image_size"])
+    return config.dataset.example(config.data)[1]
 
 
-def signature(config: dict, kind: str) -> ModelSignature:
+def signature(config: Config, kind: str) -> ModelSignature:
     outputs = [ColSpec("long", "prediction"), ColSpec(Array("double"), "probabilities")]
     return ModelSignature(
         inputs=Schema([ColSpec("string", "set"), ColSpec(Array("double"), "x"), ColSpec("double", "y")]),
         outputs=Schema(outputs if kind == "classification" else [ColSpec("double", "prediction")]),
-        params=ParamSchema([ParamSpec("adapt_steps", "long", config["algorithm"]["inner_steps"])]),
+        params=ParamSchema([ParamSpec("adapt_steps", "long", config.algorithm.inner_steps)]),
     )
 
 
@@ -95,7 +91,7 @@ class FewShotModel(PythonModel):
         if np.isnan(y).any():
             raise bad_request("y: every support row needs a label (or target)")
         if self.algo.kind == "classification":
-            ways = self.config["task"]["ways"]
+            ways = self.config.task.ways
             if not np.all((y == np.round(y)) & (y >= 0) & (y < ways)):
                 raise bad_request(f"y: support labels must be class ids 0..{ways - 1}")
             labels = torch.tensor(y).long()

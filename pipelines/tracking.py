@@ -9,7 +9,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import GENERATED, digest, flatten
+from pipelines.config import Config, digest, flatten
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -30,36 +30,39 @@ def code_version() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def task_name(config: dict) -> str:
-    """``omniglot-5w1s``, or ``sinusoid-10shot`` for regression: what every algorithm on this task shares."""
-    data, task = config["data"]["name"], config["task"]
-    shape = f"{task['shots']}shot" if data in GENERATED else f"{task['ways']}w{task['shots']}s"
-    return f"{data}-{shape}"
+def classifies(config: Config) -> bool:
+    return config.dataset.kind == "classification"
 
 
-def run_name(config: dict) -> str:
+def task_name(config: Config) -> str:
+    """``omniglot-5w1s``, or ``sinusoid-10shot`` where there are no ways: what every algorithm on this task shares."""
+    task = config.task
+    shape = f"{task.ways}w{task.shots}s" if classifies(config) else f"{task.shots}shot"
+    return f"{config.data.name}-{shape}"
+
+
+def run_name(config: Config) -> str:
     """``maml-omniglot-5w1s``, or ``maml-sinusoid-10shot`` for regression."""
-    return config["run_name"] or f"{config['algorithm']['name']}-{task_name(config)}"
+    return config.run_name or f"{config.algorithm.name}-{task_name(config)}"
 
 
-def tags(config: dict) -> dict[str, str]:
+def tags(config: Config) -> dict[str, str]:
     """What people filter and group by in the MLflow UI."""
-    task = config["task"]
     return {
-        "algorithm": config["algorithm"]["name"],
-        "dataset": config["data"]["name"],
-        "ways": "-" if config["data"]["name"] in GENERATED else str(task["ways"]),
-        "shots": str(task["shots"]),
-        "workers": str(config["cluster"]["workers"]),
-        "config_digest": digest(config),
+        "algorithm": config.algorithm.name,
+        "dataset": config.data.name,
+        "ways": str(config.task.ways) if classifies(config) else "-",
+        "shots": str(config.task.shots),
+        "workers": str(config.cluster.workers),
+        "config_digest": digest(config.as_dict()),
         "code_version": code_version(),
     }
 
 
-def log_config(config: dict) -> None:
+def log_config(config: Config) -> None:
     """The flattened config as params (dotted keys) and the whole config as an artifact."""
-    mlflow.log_params({k: str(v) for k, v in flatten(config).items()})
-    mlflow.log_dict(config, "config.yaml")
+    mlflow.log_params({k: str(v) for k, v in flatten(config.as_dict()).items()})
+    mlflow.log_dict(config.as_dict(), "config.yaml")
 
 
 class MetricBuffer:

@@ -6,63 +6,60 @@ import torch
 
 from cluster.driver import Driver
 from cluster.worker import MetaWorker
-from meta_core.build import build_learner, build_source, vectorized
 from meta_core.flat import flatten, layout_of
-from meta_core.models import init_params
-from meta_core.outer import make_optimizer
-from meta_core.step import share_gradient
-from pipelines.config import load
+from meta_core.step import share_gradient, vectorized
+from pipelines.build import build_learner, outer_loop, task_source, worker_setup
+from pipelines.config import Config, load
 
 STEPS = 4
-WorkerBase = MetaWorker.__ray_actor_class__  # the plain class, for test-only subclasses
 
 
-def config(*overrides: str) -> dict:
+def config(*overrides: str) -> Config:
     """Plain SGD on 7 tasks a step: a wrong divisor in the aggregation changes the parameters (Adam would hide a
     constant factor), and no number of workers above one splits 7 tasks evenly (an even split hides a mean of means)."""
     base = ["train.meta_batch=7", "train.optimizer=sgd", "train.outer_lr=0.05", f"train.steps={STEPS}", "train.compile=false"]
     return load("sinusoid", [*base, *overrides])
 
 
-def start(config: dict):
+def start(config: Config):
     """The learner, its parameters' layout, the flat parameters and their outer optimizer, as training starts."""
     algo = build_learner(config)
-    params = algo.init(init_params(algo.model, config["seed"]))
+    params = algo.initial_params(config.seed)
     flat = flatten(params).clone()
-    return algo, layout_of(params), flat, make_optimizer(config["train"]["optimizer"], flat, config["train"]["outer_lr"])
+    return algo, layout_of(params), flat, outer_loop(config).make_optimizer(flat)
 
 
-def train(config: dict, worker_cls=MetaWorker, between_steps=lambda step, driver: None, driver_cls=Driver) -> np.ndarray:
+def train(config: Config, worker_cls=MetaWorker, between_steps=lambda step, driver: None, driver_cls=Driver) -> np.ndarray:
     """The outer loop of ``pipelines.stages.train`` without MLflow; returns the final flat parameters."""
     _, layout, flat, optimizer = start(config)
-    driver = driver_cls(config, {"train": None, "test": None}, layout, worker_cls)
-    per_call = config["cluster"]["steps_per_call"]
+    driver = driver_cls(worker_setup(config), config.cluster, {"train": None, "test": None}, layout, worker_cls)
+    per_call, steps = config.cluster.steps_per_call, config.train.steps
     try:
-        for first in range(0, config["train"]["steps"], per_call):
+        for first in range(0, steps, per_call):
             between_steps(first, driver)
-            driver.steps(flat, optimizer, first, min(per_call, config["train"]["steps"] - first))
+            driver.steps(flat, optimizer, first, min(per_call, steps - first))
     finally:
         driver.shutdown()
     return flat.detach().numpy().copy()
 
 
-def summed_gradient(config: dict, flat: torch.Tensor, layout, step: int, indices) -> torch.Tensor:
+def summed_gradient(config: Config, flat: torch.Tensor, layout, step: int, indices) -> torch.Tensor:
     """The meta-gradients of tasks ``indices`` of ``step`` at ``flat``, summed in this process."""
-    algo, source = build_learner(config), build_source(config)
-    total, _ = share_gradient(algo, source, flat, layout, config["seed"], step, indices, vectorized(config, on_gpu=False))
+    vectorize = vectorized(config.train.vectorize, config.model.name, on_gpu=False)
+    total, _ = share_gradient(build_learner(config), task_source(config), flat, layout, config.seed, step, indices, vectorize)
     return total
 
 
-def mean_gradient(config: dict, flat: torch.Tensor, layout, step: int) -> torch.Tensor:
+def mean_gradient(config: Config, flat: torch.Tensor, layout, step: int) -> torch.Tensor:
     """The meta-batch's mean meta-gradient: every task of ``step`` summed in one process, divided by their number."""
-    meta_batch = config["train"]["meta_batch"]
+    meta_batch = config.train.meta_batch
     return summed_gradient(config, flat, layout, step, range(meta_batch)) / meta_batch
 
 
-def reference(config: dict) -> np.ndarray:
+def reference(config: Config) -> np.ndarray:
     """``train`` in one process, with no workers: the parameters every aggregation path must end with."""
     _, layout, flat, optimizer = start(config)
-    for step in range(config["train"]["steps"]):
+    for step in range(config.train.steps):
         flat.grad = mean_gradient(config, flat, layout, step).float()
         optimizer.step()
     return flat.detach().numpy().copy()

@@ -7,6 +7,7 @@ import pytest
 
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
 from cluster.driver import Driver, split
+from pipelines.build import worker_setup
 from tests.cluster_helpers import config, mean_gradient, reference, start, summed_gradient, train
 
 WORKERS = 3  # 7 tasks as shares of 3, 2 and 2
@@ -28,7 +29,7 @@ def test_seven_tasks_over_three_workers_tell_the_mean_from_a_mean_of_the_shares_
 def test_driver_gradient_is_the_single_process_mean_over_the_meta_batch(ray_local, workers):
     cfg = config(f"cluster.workers={workers}")
     _, layout, flat, _ = start(cfg)
-    driver = Driver(cfg, {"train": None, "test": None}, layout)
+    driver = Driver(worker_setup(cfg), cfg.cluster, {"train": None, "test": None}, layout)
     try:
         gradients = [driver.gradient(flat.numpy(), step)[0] for step in (0, 1)]
     finally:

@@ -6,21 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from meta_core.algorithms import build_algorithm
-from meta_core.models import build_model, init_params
+from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.tasks import ClassificationTasks, SinusoidTasks, task_rng
 
 STEPS, LR = 2, 0.05
 
 
 def regression_setup():
-    model = build_model("mlp")
+    model = MODELS["mlp"].make((1,), 1)
     task = SinusoidTasks(shots=10, queries=10).sample(task_rng(0, 0, 0, 0))
     return model, "regression", task
 
 
 def classification_setup():
-    model = build_model("conv4", ways=3, width=8)
+    model = MODELS["conv4"].make((28, 28), 3, width=8)
     images = np.random.default_rng(0).random((6, 5, 28, 28), dtype=np.float32)
     task = ClassificationTasks(images, ways=3, shots=1, queries=2).sample(task_rng(0, 0, 0, 0))
     return model, "classification", task
@@ -50,8 +49,8 @@ def reference_grad(model, kind, params, task, first_order=False, adapt=lambda na
 
 def ours(name, setup):
     model, kind, task = setup()
-    algo = build_algorithm(name, model, kind, inner_steps=STEPS, inner_lr=LR)
-    params = algo.init(init_params(model, seed=1))
+    algo = ALGORITHMS[name].make(model, kind, inner_steps=STEPS, inner_lr=LR)
+    params = algo.initial_params(1)
     grads, metrics = algo.task_grad(params, task)
     return model, kind, task, params, grads, metrics
 
@@ -105,8 +104,8 @@ def test_reptile_direction_is_theta_minus_adapted_weights(setup):
 def test_adaptation_lowers_support_loss_for_every_algorithm():
     for name in ["maml", "fomaml", "metasgd", "anil", "reptile"]:
         model, kind, task = regression_setup()
-        algo = build_algorithm(name, model, kind, inner_steps=STEPS, inner_lr=LR)
-        params = algo.init(init_params(model, seed=1))
+        algo = ALGORITHMS[name].make(model, kind, inner_steps=STEPS, inner_lr=LR)
+        params = algo.initial_params(1)
         before = algo.loss(algo.weights(params), task.support_x, task.support_y)
         after = algo.loss(algo.adapt(params, task.support_x, task.support_y, steps=5), task.support_x, task.support_y)
         assert after < before, name

@@ -21,11 +21,11 @@ def test_ray_cluster_yaml_is_valid_for_the_installed_ray():
 
 
 def test_rayjob_entrypoint_is_a_valid_pipeline_config():
-    job = yaml.safe_load((ROOT / "cluster" / "rayjob.yaml").read_text())
+    job = yaml.safe_load((ROOT / "rayjob.yaml").read_text())
     assert job["kind"] == "RayJob"
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:4] == ["python", "-m", "pipelines", "run"]
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     config = load(argv[4], overrides)
     gpus_per_node = int(job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-    assert config["cluster"]["workers"] * config["cluster"]["num_gpus"] <= gpus_per_node
+    assert config.cluster.workers * config.cluster.num_gpus <= gpus_per_node

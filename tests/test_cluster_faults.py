@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
-from tests.cluster_helpers import WorkerBase, config, reference, train
+from cluster.worker import MetaWorker
+from tests.cluster_helpers import config, reference, train
 
 FAULT_STEP = 2
 
@@ -26,7 +26,7 @@ def once(marker: Path) -> bool:
 
 
 def killed_mid_step(marker: Path):
-    class KilledMidStep(WorkerBase):
+    class KilledMidStep(MetaWorker):
         """Kills its own process (SIGKILL, no clean-up) inside the first share of step FAULT_STEP it gets."""
 
         def meta_gradient(self, flat, step, indices):
@@ -34,11 +34,11 @@ def killed_mid_step(marker: Path):
                 os.kill(os.getpid(), signal.SIGKILL)
             return super().meta_gradient(flat, step, indices)
 
-    return ray.remote(KilledMidStep)
+    return KilledMidStep
 
 
 def straggling(marker: Path, delay_s: float):
-    class Straggler(WorkerBase):
+    class Straggler(MetaWorker):
         """Takes ``delay_s`` over the first share of step FAULT_STEP it gets."""
 
         def meta_gradient(self, flat, step, indices):
@@ -46,7 +46,7 @@ def straggling(marker: Path, delay_s: float):
                 time.sleep(delay_s)
             return super().meta_gradient(flat, step, indices)
 
-    return ray.remote(Straggler)
+    return Straggler
 
 
 def test_worker_killed_mid_step_is_replaced_and_parameters_match(ray_local, tmp_path):
@@ -72,7 +72,7 @@ def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
 
 
 def faulty_in_group(marker: Path, fault: str):
-    class FaultyInGroup(AllreduceWorker.__ray_actor_class__):
+    class FaultyInGroup(AllreduceWorker):
         """Kills its own process, or stalls for a minute, inside the first share of step FAULT_STEP it gets:
         before the group sums that step's gradients, after it took the steps before (in the same call, at 2 a call)."""
 
@@ -81,7 +81,7 @@ def faulty_in_group(marker: Path, fault: str):
                 os.kill(os.getpid(), signal.SIGKILL) if fault == "killed" else time.sleep(60)
             return super().share(params, step, indices)
 
-    return ray.remote(FaultyInGroup)
+    return FaultyInGroup
 
 
 @pytest.mark.parametrize(

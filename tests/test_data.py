@@ -24,8 +24,8 @@ from PIL import Image
 import data
 from data import sources
 from data.sources import OMNIGLOT_CHECKSUMS, checksum
-from meta_core.build import build_learner, build_source
 from meta_core.models import forward, init_params
+from pipelines.build import build_learner, prepared, task_source
 from pipelines.config import CONFIG_DIR, load
 from pipelines.stages.prepare import prepare_stage
 from tests.conftest import ROOT
@@ -68,7 +68,7 @@ def built(tmp_path: Path) -> list[Path]:
 
 def test_two_overlapping_zips_keep_shared_characters_once_and_hold_out_whole_alphabets(tmp_path, omniglot):
     cfg = config(tmp_path, omniglot.folder)
-    folder = data.prepare(cfg)
+    folder = prepared(cfg)
     manifest = data.manifest_of(folder)
     assert [s["sha256"] for s in manifest["sources"]] == [checksum(z) for z in omniglot.zips]
     if omniglot.official:
@@ -81,7 +81,7 @@ def test_two_overlapping_zips_keep_shared_characters_once_and_hold_out_whole_alp
     assert len(manifest["splits"]["test"]["groups"]) == round(omniglot.alphabets * 0.25)
     images = splits["test"]
     assert images.max() == pytest.approx(1.0, abs=0.02) and np.median(images) == 0.0  # strokes 1.0 on a 0.0 background
-    assert data.prepare(cfg) == folder and len(built(tmp_path)) == 1  # cached: found again, not rebuilt
+    assert prepared(cfg) == folder and len(built(tmp_path)) == 1  # cached: found again, not rebuilt
 
 
 def test_splits_are_deterministic_from_the_seed_and_no_class_is_in_two_splits(tmp_path, omniglot):
@@ -90,7 +90,7 @@ def test_splits_are_deterministic_from_the_seed_and_no_class_is_in_two_splits(tm
     for seed in (0, 0, 1):
         for by in ("group", "class"):
             cfg = config(tmp_path, source, f"seed={seed}", f"data.split={by}", "task.ways=2", "task.queries=2")
-            found = split_labels(data.prepare(cfg))
+            found = split_labels(prepared(cfg))
             assert found["train"].isdisjoint(found["test"])
             assert len(found["train"] | found["test"]) == 12
             if by == "group":
@@ -101,8 +101,8 @@ def test_splits_are_deterministic_from_the_seed_and_no_class_is_in_two_splits(tm
 
 def test_rotations_add_three_turned_copies_of_train_classes_only(tmp_path, omniglot):
     source = omniglot_folder(omniglot, tmp_path / "omniglot")
-    plain = data.load_splits(data.prepare(config(tmp_path, source, "task.ways=2", "task.queries=2")))
-    turned = data.load_splits(data.prepare(config(tmp_path, source, "task.ways=2", "task.queries=2", "data.rotations=true")))
+    plain = data.load_splits(prepared(config(tmp_path, source, "task.ways=2", "task.queries=2")))
+    turned = data.load_splits(prepared(config(tmp_path, source, "task.ways=2", "task.queries=2", "data.rotations=true")))
     n = plain["train"].shape[0]
     assert turned["train"].shape[0] == 4 * n
     np.testing.assert_array_equal(turned["train"][n : 2 * n], np.rot90(plain["train"], 1, axes=(2, 3)))
@@ -111,8 +111,8 @@ def test_rotations_add_three_turned_copies_of_train_classes_only(tmp_path, omnig
 
 def test_a_folder_in_omniglot_layout_gives_the_same_images_as_the_zip(tmp_path, omniglot):
     folder = omniglot_folder(omniglot, tmp_path / "omniglot", alphabets=5, characters=99, drawings=20)
-    from_zip = data.load_splits(data.prepare(config(tmp_path, omniglot.zips[0])))
-    from_folder = data.load_splits(data.prepare(config(tmp_path, folder)))
+    from_zip = data.load_splits(prepared(config(tmp_path, omniglot.zips[0])))
+    from_folder = data.load_splits(prepared(config(tmp_path, folder)))
     assert from_zip.keys() == from_folder.keys()
     for split in from_zip:
         np.testing.assert_array_equal(from_zip[split], from_folder[split])
@@ -123,11 +123,11 @@ def test_user_tables_of_features_and_of_image_bytes(tmp_path):
     rows = pd.DataFrame({"label": np.repeat([f"c{i}" for i in range(6)], 5), "f1": rng.normal(size=30), "f2": rng.normal(size=30)})
     rows.to_csv(tmp_path / "features.csv", index=False)
     cfg = config(tmp_path, tmp_path / "features.csv", "data.name=table", "data.split=class", "data.features=[f1, f2]",
-                 "model.name=mlp", "task.ways=2", "task.shots=1", "task.queries=2")
-    features = data.load_splits(data.prepare(cfg))
+                 "model.name=null", "model.width=null", "task.ways=2", "task.shots=1", "task.queries=2")
+    features = data.load_splits(prepared(cfg))
     assert features["train"].shape[1:] == (5, 2) and features["train"].shape[0] + features["test"].shape[0] == 6
-    learner = build_learner(cfg)  # the generic MLP: two features in, one logit per way out
-    task = build_source(cfg, features["train"]).sample(np.random.default_rng(0))
+    learner = build_learner(cfg)  # the data set's default model for features: the MLP, two features in, one logit per way out
+    task = task_source(cfg, features["train"]).sample(np.random.default_rng(0))
     assert forward(learner.model, init_params(learner.model, 0), task.query_x).shape == (4, 2)
     every = np.concatenate([features["train"], features["test"]]).reshape(-1, 2)
     assert sorted(map(tuple, every)) == sorted(map(tuple, rows[["f1", "f2"]].to_numpy(np.float32)))
@@ -137,7 +137,7 @@ def test_user_tables_of_features_and_of_image_bytes(tmp_path):
     images.to_parquet(tmp_path / "images.parquet")
     cfg = config(tmp_path, tmp_path / "images.parquet", "data.name=table", "data.group_column=group", "data.test_size=0.5",
                  "task.ways=2", "task.shots=1", "task.queries=2")
-    splits = data.load_splits(data.prepare(cfg))
+    splits = data.load_splits(prepared(cfg))
     assert splits["train"].shape == (2, 3, 28, 28) and splits["test"].shape == (2, 3, 28, 28)
     assert {round(float(v) * 255) for v in np.concatenate([splits["train"], splits["test"]])[:, :, 0, 0].ravel()} == set(range(0, 240, 20))
 
@@ -200,7 +200,7 @@ def checksum_mismatch(tmp_path, omniglot):
     return renamed, ["images_background_small2.zip", "does not match", OMNIGLOT_CHECKSUMS["images_background_small2"].split(":")[1]]
 
 
-TABLE = ["data.name=table", "data.split=class", "data.features=[f1]", "model.name=mlp"]
+TABLE = ["data.name=table", "data.split=class", "data.features=[f1]", "model.name=mlp", "model.width=null"]
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,7 @@ TABLE = ["data.name=table", "data.split=class", "data.features=[f1]", "model.nam
 def test_bad_input_is_one_line_naming_the_file_or_key_and_leaves_nothing_behind(tmp_path, omniglot, make, overrides):
     source, words = make(tmp_path, omniglot)
     with pytest.raises(data.DataError) as error:
-        data.prepare(config(tmp_path, source, *overrides))
+        prepared(config(tmp_path, source, *overrides))
     message = str(error.value)
     assert len(message.splitlines()) == 1
     for word in words:
@@ -275,7 +275,7 @@ def test_download_is_verified_and_resumes_a_partial_file(tmp_path, omniglot, ser
     downloads.mkdir(parents=True)
     name, whole = omniglot.zips[0].name, omniglot.zips[0].read_bytes()
     (downloads / f"{name}.part").write_bytes(whole[:100_000])
-    folder = data.prepare(config(tmp_path, f"{serve(omniglot.folder)}/{name}"))
+    folder = prepared(config(tmp_path, f"{serve(omniglot.folder)}/{name}"))
     assert RangeHandler.ranges == ["bytes=100000-"]
     assert (downloads / name).read_bytes() == whole
     assert data.manifest_of(folder)["sources"][0]["sha256"] == checksum(omniglot.zips[0])
@@ -283,7 +283,7 @@ def test_download_is_verified_and_resumes_a_partial_file(tmp_path, omniglot, ser
 
 def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, omniglot, serve):
     with pytest.raises(data.DataError, match="does not match the expected 0000"):
-        data.prepare(config(tmp_path, f"{serve(omniglot.folder)}/{omniglot.zips[1].name}#sha256={'0' * 64}"))
+        prepared(config(tmp_path, f"{serve(omniglot.folder)}/{omniglot.zips[1].name}#sha256={'0' * 64}"))
     assert list((tmp_path / "cache" / "downloads").iterdir()) == [] and built(tmp_path) == []
 
 
@@ -296,13 +296,13 @@ def test_an_official_set_by_name_is_downloaded_once_verified_and_reused(tmp_path
     monkeypatch.setattr(sources, "OMNIGLOT_URL", serve(host) + "/{name}.zip")
     served_md5 = hashlib.md5(omniglot.zips[1].read_bytes()).hexdigest()
     monkeypatch.setitem(sources.OMNIGLOT_CHECKSUMS, "images_evaluation", f"md5:{served_md5}")
-    first = data.prepare(config(tmp_path, "images_evaluation"))
-    again = data.prepare(config(tmp_path, "images_evaluation", "task.queries=5"))  # another task: the same download
+    first = prepared(config(tmp_path, "images_evaluation"))
+    again = prepared(config(tmp_path, "images_evaluation", "task.queries=5"))  # another task: the same download
     assert RangeHandler.ranges == [None] and data.manifest_of(first)["digest"] == data.manifest_of(again)["digest"]
     assert (tmp_path / "cache" / "downloads" / "images_evaluation.zip").read_bytes() == omniglot.zips[1].read_bytes()
 
     with pytest.raises(data.DataError, match=f"images_background.zip: md5 [0-9a-f]{{32}} does not match the expected {OMNIGLOT_CHECKSUMS['images_background'][4:]}"):
-        data.prepare(config(tmp_path, "images_background"))
+        prepared(config(tmp_path, "images_background"))
     assert sorted(p.name for p in (tmp_path / "cache" / "downloads").iterdir()) == ["images_evaluation.zip"]
 
 
@@ -312,7 +312,7 @@ def test_a_stalled_download_gives_up_after_the_network_timeout(tmp_path):
         silent.listen()
         started = time.monotonic()
         with pytest.raises(data.DataError, match=r"cannot download http://127.0.0.1:\d+/images_background.zip \(timed out\)"):
-            data.prepare(config(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}/images_background.zip"))
+            prepared(config(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}/images_background.zip"))
     assert time.monotonic() - started < 2 * sources.NETWORK_TIMEOUT_S
 
 
@@ -337,8 +337,8 @@ def test_a_shipped_config_without_network_stops_at_once_naming_the_url_and_the_o
 def test_validation_split_is_carved_from_training_groups_and_leaves_the_test_split_unchanged(tmp_path, omniglot):
     source = omniglot_folder(omniglot, tmp_path / "omniglot", alphabets=4, characters=3)
     common = ["task.ways=2", "task.queries=2", "data.test_size=1"]
-    without = split_labels(data.prepare(config(tmp_path, source, *common)))
-    folder = data.prepare(config(tmp_path, source, *common, "data.val_size=1"))
+    without = split_labels(prepared(config(tmp_path, source, *common)))
+    folder = prepared(config(tmp_path, source, *common, "data.val_size=1"))
     found = split_labels(folder)
     assert set(data.load_splits(folder)) == {"train", "val", "test"}
     assert found["test"] == without["test"] and found["train"] | found["val"] == without["train"]

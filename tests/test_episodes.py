@@ -7,6 +7,7 @@ import mlflow
 import pytest
 
 import data
+from pipelines.build import prepared
 from pipelines.config import CONFIG_DIR, load
 from pipelines.episodes import score_episodes
 from pipelines.pipeline import run
@@ -45,7 +46,7 @@ def test_omniglot_5way_1shot_trains_from_parquet_on_held_out_alphabets_then_scor
     ])
     parent = mlflow.get_run(run(config, tracking))
     assert parent.info.status == "FINISHED"
-    manifest = data.manifest_of(data.prepare(config))
+    manifest = data.manifest_of(prepared(config))
     assert set(manifest["splits"]["train"]["groups"]).isdisjoint(manifest["splits"]["test"]["groups"])
     assert manifest["splits"]["train"]["classes"] == 4 * (omniglot.characters - manifest["splits"]["test"]["classes"])  # rotated copies
     assert "eval_post_adapt_acc" in parent.data.metrics

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from meta_core.algorithms import build_algorithm
+from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.algorithms.mann import MemoryNetwork
 from meta_core.flat import flatten, layout_of
-from meta_core.models import build_model, init_params
 from meta_core.step import evaluate_tasks, share_gradient
 from meta_core.tasks import EVAL, ClassificationTasks, Task, task_rng
 from pipelines.config import ConfigError, load
@@ -44,13 +43,13 @@ def episode(shots: int = 2, queries: int = 3, index: int = 0) -> Task:
 
 
 def learner(name: str, **options):
-    algo = build_algorithm(name, build_model("conv4", ways=WAYS, width=8), "classification", **options)
-    return algo, algo.init(init_params(algo.model, seed=1))
+    algo = ALGORITHMS[name].make(MODELS["conv4"].make((28, 28), WAYS, width=8), "classification", **options)
+    return algo, algo.initial_params(1)
 
 
 def embed(params: dict, x: torch.Tensor) -> torch.Tensor:
     """The conv body's features, computed on a separately built network."""
-    conv = build_model("conv4", ways=WAYS, width=8)
+    conv = MODELS["conv4"].make((28, 28), WAYS, width=8)
     body = {k.removeprefix("body."): v for k, v in params.items()}
     return functional_call(conv.body, body, (x.unsqueeze(1),)).flatten(1)
 
@@ -73,7 +72,7 @@ def test_imaml_meta_gradient_is_the_exact_implicit_gradient_on_a_quadratic():
     x, y = (torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in ((16, 3), (16, 1)))
     task = Task(x[:8], y[:8], x[8:], y[8:])
     lam = 2.0
-    algo = build_algorithm("imaml", nn.Linear(3, 1), "regression", inner_steps=300, inner_lr=0.1, lam=lam, cg_steps=4)
+    algo = ALGORITHMS["imaml"].make(nn.Linear(3, 1), "regression", inner_steps=300, inner_lr=0.1, lam=lam, cg_steps=4)
     theta = {"weight": torch.tensor([[0.3, -0.2, 0.5]]), "bias": torch.tensor([0.1])}
     grads, metrics = algo.task_grad(theta, task)
 
@@ -90,7 +89,7 @@ def test_imaml_meta_gradient_is_the_exact_implicit_gradient_on_a_quadratic():
     torch.testing.assert_close(grads["weight"], exact[:3].T, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads["bias"], exact[3], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(metrics["post_adapt_loss"], F.mse_loss(xq @ phi, yq).float(), rtol=1e-4, atol=1e-6)
-    coarse, _ = build_algorithm("imaml", nn.Linear(3, 1), "regression", inner_steps=300, inner_lr=0.1, lam=lam, cg_steps=1).task_grad(theta, task)
+    coarse, _ = ALGORITHMS["imaml"].make(nn.Linear(3, 1), "regression", inner_steps=300, inner_lr=0.1, lam=lam, cg_steps=1).task_grad(theta, task)
     assert (coarse["weight"] - grads["weight"]).abs().max() > 1e-3  # the conjugate-gradient steps matter
 
 
@@ -200,7 +199,7 @@ def test_every_family_runs_distributed_and_is_tracked_like_maml(ray_local, track
     cfg = load(config, [*small(config, omniglot), f"data.cache_dir={cache_dir}"])
     parent = mlflow.get_run(run(cfg, tracking))
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["algorithm"] == cfg["algorithm"]["name"]
+    assert parent.data.tags["algorithm"] == cfg.algorithm.name
     assert {"eval_pre_adapt_loss", "eval_post_adapt_loss", "eval_post_adapt_loss_ci95"} <= parent.data.metrics.keys()
     assert np.isfinite(parent.data.metrics["eval_post_adapt_loss"])
 
@@ -208,9 +207,9 @@ def test_every_family_runs_distributed_and_is_tracked_like_maml(ray_local, track
 @pytest.mark.parametrize(
     "config, overrides, message",
     [
-        ("pointnav", ["algorithm.name=maml"], "only 'maml_rl' runs on 'pointnav'"),
-        ("sinusoid", ["algorithm.name=maml_rl"], "only 'maml_rl' runs on 'pointnav'"),
-        ("sinusoid", ["algorithm.name=protonet"], "'protonet' classifies"),
+        ("pointnav", ["algorithm.name=maml"], "'maml' learns regression and classification tasks, data set 'pointnav' is rl"),
+        ("sinusoid", ["algorithm.name=maml_rl"], "'maml_rl' learns rl tasks, data set 'sinusoid' is regression"),
+        ("sinusoid", ["algorithm.name=protonet"], "'protonet' learns classification tasks, data set 'sinusoid' is regression"),
         ("imaml", ["algorithm.lam=0"], "'algorithm.lam': expected a positive number"),
         ("imaml", ["algorithm.cg_steps=0"], "'algorithm.cg_steps': expected a positive integer"),
         ("pointnav", ["task.horizon=-1"], "'task.horizon': expected a positive integer"),

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from meta_core.algorithms import build_algorithm
+from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.flat import flatten, layout_of
-from meta_core.models import build_model, init_params
 from meta_core.rl import MAX_STEP, PointGoals, advantages, rollout
 from meta_core.step import evaluate_tasks, share_gradient
 from meta_core.tasks import EVAL, task_rng
@@ -14,8 +13,8 @@ from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models 
 
 
 def policy_learner(inner_steps: int):
-    algo = build_algorithm("maml_rl", build_model("policy", width=32), "rl", inner_steps=inner_steps, inner_lr=0.1)
-    return algo, algo.init(init_params(algo.model, seed=0))
+    algo = ALGORITHMS["maml_rl"].make(MODELS["policy"].make((2,), 2, width=32), "rl", inner_steps=inner_steps, inner_lr=0.1)
+    return algo, algo.initial_params(0)
 
 
 def test_a_rollout_moves_by_clipped_actions_and_is_rewarded_minus_the_distance_to_the_goal():

@@ -14,13 +14,11 @@ from benchmarks.baseline import BaselineMAML
 from cluster.allreduce import AllreduceDriver, make_driver
 from cluster.driver import Driver
 from cluster.worker import INLINE_BYTES, from_wire, to_wire
-from meta_core.algorithms import build_algorithm
-from meta_core.build import build_learner
+from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.flat import flatten, layout_of
-from meta_core.models import build_model, init_params
-from meta_core.outer import make_optimizer
 from meta_core.step import draw, share_gradient
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
+from pipelines.build import build_learner, outer_loop, worker_setup
 from pipelines.config import CONFIG_DIR, ConfigError, load
 from tests.conftest import ROOT
 
@@ -30,11 +28,11 @@ IMAGES = np.random.default_rng(0).random((12, 6, 28, 28), dtype=np.float32)
 def setup(network: str, algorithm: str = "maml", inner_steps: int = 1, **options):
     """An algorithm, its source of tasks and its initial flat parameters, for a small model."""
     if network == "mlp":
-        model, kind, source = build_model("mlp"), "regression", SinusoidTasks(5, 5)
+        model, kind, source = MODELS["mlp"].make((1,), 1), "regression", SinusoidTasks(5, 5)
     else:
-        model, kind, source = build_model("conv4", ways=3, width=8), "classification", ClassificationTasks(IMAGES, 3, 1, 2)
-    algo = build_algorithm(algorithm, model, kind, inner_steps=inner_steps, inner_lr=0.1, **options)
-    params = algo.init(init_params(model, 0))
+        model, kind, source = MODELS["conv4"].make((28, 28), 3, width=8), "classification", ClassificationTasks(IMAGES, 3, 1, 2)
+    algo = ALGORITHMS[algorithm].make(model, kind, inner_steps=inner_steps, inner_lr=0.1, **options)
+    params = algo.initial_params(0)
     return algo, source, params
 
 
@@ -134,12 +132,6 @@ def test_baseline_meta_gradient_equals_meta_core(network, first_order):
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm have near-zero gradients
 
 
-def sinusoid_config(**cluster):
-    config = load(str(CONFIG_DIR / "sinusoid.yaml"), ["train.meta_batch=6", "cluster.workers=2"])
-    config["cluster"].update(cluster)
-    return config
-
-
 def test_allreduce_needs_a_task_per_worker():
     with pytest.raises(ConfigError, match=r"'cluster.aggregation'.*train.meta_batch \(6\) >= cluster.workers \(8\)"):
         load(str(CONFIG_DIR / "sinusoid.yaml"), ["train.meta_batch=6", "cluster.workers=8", "cluster.aggregation=allreduce"])
@@ -165,23 +157,22 @@ def same_metrics(ours: list[dict], theirs: list[dict]) -> bool:
 
 @pytest.mark.slow
 def test_allreduce_path_trains_as_the_driver_path_at_any_steps_per_call(ray_local):
-    config = sinusoid_config()
-    algo = build_learner(config)
-    params = algo.init(init_params(algo.model, 0))
+    base = load(str(CONFIG_DIR / "sinusoid.yaml"), ["train.meta_batch=6", "cluster.workers=2"])
+    params = build_learner(base).initial_params(0)
     initial, splits, steps = flatten(params), {"train": None, "test": None}, 6
     trained = {}
     for aggregation, per_call in (("driver", 1), ("allreduce", 1), ("allreduce", 3)):
-        config["cluster"].update(aggregation=aggregation, steps_per_call=per_call)
+        config = base.with_overrides(f"cluster.aggregation={aggregation}", f"cluster.steps_per_call={per_call}")
         flat = initial.clone()
-        optimizer = make_optimizer("adam", flat, 1e-3)
-        driver = make_driver(config, splits, layout_of(params))
+        optimizer = outer_loop(config).make_optimizer(flat)
+        driver = make_driver(worker_setup(config), config.cluster, splits, layout_of(params))
         try:
             assert isinstance(driver, AllreduceDriver) == (aggregation == "allreduce") and isinstance(driver, Driver)
             metrics = [m for first in range(0, steps, per_call) for m in driver.steps(flat, optimizer, first, per_call)]
             after = (flat.clone(), optimizer.state_dict())
             with torch.no_grad():  # back to the start, as a loaded checkpoint would set it: the group must be sent it
                 flat.copy_(initial)
-            optimizer.load_state_dict(make_optimizer("adam", initial.clone(), 1e-3).state_dict())
+            optimizer.load_state_dict(outer_loop(config).make_optimizer(initial.clone()).state_dict())
             again = driver.steps(flat, optimizer, 0, per_call)
         finally:
             driver.shutdown()

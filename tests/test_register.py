@@ -1,5 +1,6 @@
 """The register stage: a servable few-shot model in the registry, and an alias that only moves to a better version."""
 
+import dataclasses
 import mlflow
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from meta_core.models import forward
 from meta_core.tasks import SinusoidTasks
 from pipelines.artifacts import load_trained
-from pipelines.config import ConfigError, load
+from pipelines.config import Config, ConfigError, load
 from pipelines.pipeline import run
 from pipelines.serving import request
 from pipelines.stages.register import register_stage
@@ -31,9 +32,10 @@ def trained(ray_session, tmp_path_factory):
         yield config, parent.data.tags["train_run_id"], metrics
 
 
-def register(config: dict, train_run_id: str, metrics: dict, model_name: str, **overrides) -> dict:
-    """register_stage inside its own run, as the pipeline calls it, under ``model_name``."""
-    config = {**config, "register": {**config["register"], "model_name": model_name, **overrides}}
+def register(config: Config, train_run_id: str, metrics: dict, model_name: str, **overrides) -> dict:
+    """register_stage inside its own run, as the pipeline calls it, under ``model_name`` (``overrides`` unchecked:
+    a sinusoid config may stand in for a classifier's)."""
+    config = dataclasses.replace(config, register=dataclasses.replace(config.register, model_name=model_name, **overrides))
     with mlflow.start_run(run_name="register"):
         return register_stage(config, train_run_id, metrics)
 

@@ -14,9 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from cluster.allreduce import make_driver
 from cluster.driver import Driver
-from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of
-from meta_core.models import init_params
+from pipelines.build import build_learner, worker_setup
 from pipelines.config import load
 from pipelines.pipeline import run
 from pipelines.stages.train import train
@@ -121,15 +120,14 @@ def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tr
     """A kill between writing a batch of metrics and writing the checkpoint: the resumed run skips those steps' logging."""
     config = load("sinusoid", ["train.steps=10", "train.meta_batch=4", "train.checkpoint_every=10", "train.compile=false"])
     algo = build_learner(config)
-    params = algo.init(init_params(algo.model, 0))
-    driver = Driver(config, {"train": None, "test": None}, layout_of(params))
+    params = algo.initial_params(0)
+    driver = Driver(worker_setup(config), config.cluster, {"train": None, "test": None}, layout_of(params))
     try:
         with mlflow.start_run() as active:
             run_id = active.info.run_id
             train(config, driver, flatten(params).clone(), run_id, key="k")  # checkpoint and metrics at step 10
             MlflowClient().log_batch(run_id, metrics=[Metric("meta_loss", 1.0, 0, step) for step in range(10, 14)])
-            config["train"]["steps"] = 20
-            train(config, driver, flatten(params).clone(), run_id, key="k")  # resumes at 10, steps 10-13 already logged
+            train(config.with_overrides("train.steps=20"), driver, flatten(params).clone(), run_id, key="k")  # resumes at 10, steps 10-13 already logged
     finally:
         driver.shutdown()
     steps = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "meta_loss"))
@@ -140,8 +138,8 @@ def test_many_steps_a_call_end_at_checkpoints_log_every_step_once_and_restart_th
     per_call = ["cluster.aggregation=allreduce", "cluster.steps_per_call=3", f"train.checkpoint_dir={tmp_path}"]
     config = load("sinusoid", ["train.steps=6", "train.meta_batch=4", "train.checkpoint_every=4", "train.compile=false", *per_call])
     algo = build_learner(config)
-    params = algo.init(init_params(algo.model, 0))
-    driver = make_driver(config, {"train": None, "test": None}, layout_of(params))
+    params = algo.initial_params(0)
+    driver = make_driver(worker_setup(config), config.cluster, {"train": None, "test": None}, layout_of(params))
     calls, steps = [], driver.steps
     driver.steps = lambda flat, optimizer, first, count: calls.append((first, count)) or steps(flat, optimizer, first, count)
     trained = []

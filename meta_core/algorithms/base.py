@@ -4,7 +4,8 @@ Everything is a pure function of a parameter dict, differentiated with
 ``meta_core.autodiff.grad`` so that one task's meta-gradient can also be
 ``vmap``-ed over a stack of tasks.
 Distribution, checkpoints and tracking only ever call ``init``, ``task_grad``
-and ``adapt``: a new algorithm is one small class and nothing else changes.
+and ``adapt``: a new algorithm is one small class with its ``AlgorithmSpec``
+(``meta_core.registry``), and nothing else changes.
 """
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from meta_core.autodiff import grad
 from torch.utils.checkpoint import checkpoint
 
-from meta_core.models import Params, forward
+from meta_core.models import Params, forward, init_params
 from meta_core.tasks import Task
 
 
@@ -39,21 +40,24 @@ class Algorithm:
         self.model, self.kind = model, kind
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.checkpoint_inner = checkpoint_inner
-        self.track_pre_adapt = True  # see pre_adapt_metrics
 
     def init(self, weights: Params) -> Params:
         """Meta-parameters at the start of training, from freshly initialised weights."""
         return dict(weights)
 
-    def task_grad(self, params: Params, task: Task) -> tuple[Params, dict[str, torch.Tensor]]:
-        """This task's meta-gradient w.r.t. every meta-parameter, and its metrics."""
+    def initial_params(self, seed: int) -> Params:
+        """The meta-parameters training starts from: the model's weights drawn from ``seed``, then ``init``."""
+        return self.init(init_params(self.model, seed))
+
+    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+        """This task's meta-gradient w.r.t. every meta-parameter, and its metrics (``task_metrics``)."""
         raise NotImplementedError
 
     # -- the inner loop --------------------------------------------------------------
     def weights(self, params: Params) -> Params:
         return {k: v for k, v in params.items() if not k.startswith("lr.")}
 
-    def adapted(self, weights: Params) -> Params:
+    def fast_weights(self, weights: Params) -> Params:
         """The weights the inner loop changes (all, unless a subclass says otherwise)."""
         return weights
 
@@ -65,7 +69,7 @@ class Algorithm:
         return self.checkpoint_inner and torch.is_grad_enabled() and any(w.requires_grad for w in weights.values())
 
     def inner_grad(self, weights: Params, x, y) -> Params:
-        fast = self.adapted(weights)
+        fast = self.fast_weights(weights)
         return grad(lambda f: self.loss({**weights, **f}, x, y))(fast)
 
     def inner_step(self, params: Params, weights: Params, x, y) -> Params:
@@ -101,13 +105,14 @@ class Algorithm:
             metrics[f"{prefix}_acc"] = accuracy(out, task.query_y)
         return metrics
 
-    def pre_adapt_metrics(self, params: Params, task: Task) -> dict[str, torch.Tensor]:
-        """Query metrics of the meta-parameters before adaptation, while ``track_pre_adapt`` is on.
-
-        They cost one more forward pass over the query set, a third of a conv
-        net's meta-step, so workers turn them on only every few steps.
-        """
-        return self.query_metrics(self.weights(params), task, "pre_adapt") if self.track_pre_adapt else {}
+    def task_metrics(self, params: Params, adapted: Params, task: Task, pre_adapt: bool, out=None) -> dict[str, torch.Tensor]:
+        """A task's training metrics: ``meta_loss`` (the query loss after adapting), the query metrics of the
+        ``adapted`` weights (``out``: their query outputs, if computed already) and, where ``pre_adapt`` asks for
+        them, those of the meta-parameters before adapting. Those cost one more forward pass over the query set,
+        a large part of a conv net's meta-step, so workers ask for them only every few steps."""
+        post = self.query_metrics(adapted, task, "post_adapt", out)
+        pre = self.query_metrics(self.weights(params), task, "pre_adapt") if pre_adapt else {}
+        return {"meta_loss": post["post_adapt_loss"], **pre, **post}
 
     def evaluate(self, params: Params, task: Task, steps: list[int]) -> dict[str, torch.Tensor]:
         """Query metrics before adaptation (``steps0_*``) and after each count in ``steps``."""

@@ -38,13 +38,13 @@ class EpisodeLearner(Algorithm):
 
     def episode_loss(self, params: Params, task: Task):
         out = self.logits(params, task)
-        loss = task_loss(self.kind, out, task.query_y)
-        post = self.query_metrics(params, task, "post_adapt", out)
-        pre = {k.replace("post_adapt", "pre_adapt"): v for k, v in post.items()}
-        return loss, {"meta_loss": loss.detach(), **pre, **post}
+        metrics = self.task_metrics(params, params, task, pre_adapt=False, out=out)
+        pre = {k.replace("post_adapt", "pre_adapt"): v for k, v in metrics.items() if k.startswith("post_adapt")}
+        return task_loss(self.kind, out, task.query_y), {**metrics, **pre}
 
-    def task_grad(self, params: Params, task: Task) -> tuple[Params, dict[str, torch.Tensor]]:
-        """Pre- and post-adaptation metrics are both the query metrics given the support set (see ``evaluate``)."""
+    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+        """Pre- and post-adaptation metrics are both the query metrics given the support set (see ``evaluate``):
+        they cost nothing extra, so they are reported whatever ``pre_adapt`` asks."""
         return grad(self.episode_loss, has_aux=True)(params, task)
 
     def evaluate(self, params: Params, task: Task, steps: list[int]) -> dict[str, torch.Tensor]:

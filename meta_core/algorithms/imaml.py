@@ -13,6 +13,7 @@ from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm, task_loss
 from meta_core.models import Params, forward
+from meta_core.registry import AlgorithmSpec, positive_int, positive_number, register_algorithm
 from meta_core.tasks import Task
 
 
@@ -61,7 +62,7 @@ class IMAML(Algorithm):
         grads = self.inner_grad(weights, x, y)
         return {k: w - self.inner_lr * (grads[k] + self.lam * (w - params[k])) for k, w in weights.items()}
 
-    def task_grad(self, params: Params, task: Task) -> tuple[Params, dict[str, torch.Tensor]]:
+    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
         theta = {k: v.detach() for k, v in params.items()}
         phi = {k: v.detach() for k, v in self.adapt(theta, task.support_x, task.support_y).items()}
 
@@ -75,6 +76,13 @@ class IMAML(Algorithm):
         def matvec(v: Params) -> Params:  # (I + H / lam) v, with H v = grad of (grad L_support . v)
             return add(v, grad(lambda w: dot(support_grad(w), v))(phi), 1.0 / self.lam)
 
-        meta_grad = conjugate_gradient(matvec, query_grad, self.cg_steps)
-        metrics = {**self.pre_adapt_metrics(theta, task), **self.query_metrics(phi, task, "post_adapt", out)}
-        return meta_grad, {"meta_loss": metrics["post_adapt_loss"], **metrics}
+        return conjugate_gradient(matvec, query_grad, self.cg_steps), self.task_metrics(theta, phi, task, pre_adapt, out)
+
+
+register_algorithm(AlgorithmSpec(
+    "imaml", IMAML, "`(I + H/lam)^-1 grad L_query(phi)` by conjugate gradient, through a proximal inner loop never differentiated",
+    options=(
+        positive_number("lam", 1.0, "proximal regulariser strength"),
+        positive_int("cg_steps", 5, "conjugate-gradient iterations for the implicit meta-gradient"),
+    ),
+))

@@ -1,10 +1,13 @@
 """MAML (Finn et al., 2017): differentiate the query loss through the inner loop."""
 
+import functools
+
 import torch
-from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm, task_loss
+from meta_core.autodiff import grad
 from meta_core.models import Params, forward
+from meta_core.registry import AlgorithmSpec, register_algorithm
 from meta_core.tasks import Task
 
 
@@ -19,13 +22,17 @@ class MAML(Algorithm):
         grads = super().inner_grad(weights, x, y)
         return {k: g.detach() for k, g in grads.items()} if self.first_order else grads
 
-    def query_loss(self, params: Params, task: Task):
-        """The outer loss: query loss of the adapted weights, with pre/post metrics as aux."""
+    def query_loss(self, params: Params, task: Task, pre_adapt: bool):
+        """The outer loss: query loss of the adapted weights, with the task's metrics as aux."""
         adapted = self.adapt(params, task.support_x, task.support_y)
         out = forward(self.model, adapted, task.query_x)
-        loss = task_loss(self.kind, out, task.query_y)
-        metrics = {**self.pre_adapt_metrics(params, task), **self.query_metrics(adapted, task, "post_adapt", out)}
-        return loss, {"meta_loss": loss.detach(), **metrics}
+        return task_loss(self.kind, out, task.query_y), self.task_metrics(params, adapted, task, pre_adapt, out)
 
-    def task_grad(self, params: Params, task: Task) -> tuple[Params, dict[str, torch.Tensor]]:
-        return grad(self.query_loss, has_aux=True)(params, task)
+    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+        return grad(self.query_loss, has_aux=True)(params, task, pre_adapt)
+
+
+register_algorithm(AlgorithmSpec("maml", MAML, "query loss differentiated through the inner loop (second order)", checkpointable=True))
+register_algorithm(AlgorithmSpec(
+    "fomaml", functools.partial(MAML, first_order=True), "the same with inner gradients held constant (first order)", checkpointable=True,
+))

@@ -13,6 +13,7 @@ from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm
 from meta_core.models import Params
+from meta_core.registry import AlgorithmSpec, register_algorithm
 from meta_core.rl import GoalTask, Rollouts, mean_return, policy_gradient_loss, rollout
 
 
@@ -40,10 +41,17 @@ class MAMLRL(Algorithm):
         metrics = {"meta_loss": post, "pre_adapt_loss": -mean_return(path[0][1]), "post_adapt_loss": post}
         return policy_gradient_loss(self.model, adapted, batch), metrics
 
-    def task_grad(self, params: Params, task: GoalTask) -> tuple[Params, dict[str, torch.Tensor]]:
+    def task_grad(self, params: Params, task: GoalTask, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+        """The pre-adaptation return comes from the rollouts adaptation needs anyway, so it is always reported."""
         return grad(self.outer_loss, has_aux=True)(params, task)
 
     def evaluate(self, params: Params, task: GoalTask, steps: list[int]) -> dict[str, torch.Tensor]:
         """Negative mean return before adapting (``steps0_loss``) and after each count of policy-gradient steps."""
         path = self.adaptation(params, task, max(steps))
         return {f"steps{n}_loss": -mean_return(batch) for n, (_, batch) in enumerate(path) if n == 0 or n in steps}
+
+
+register_algorithm(AlgorithmSpec(
+    "maml_rl", MAMLRL, "REINFORCE surrogate of the adapted policy's rollouts, through policy-gradient inner steps",
+    kinds=("rl",), models=("policy",),
+))

@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from meta_core.algorithms.episodic import EpisodeLearner, one_hot
 from meta_core.models import Params
+from meta_core.registry import AlgorithmSpec, positive_int, register_algorithm
 from meta_core.tasks import Task
 
 USAGE_DECAY = 0.95  # gamma in the paper's usage update
@@ -105,3 +106,14 @@ class MANN(EpisodeLearner):
 
     def logits(self, params: Params, task: Task) -> torch.Tensor:
         return functional_call(self.model, params, (task.support_x, task.support_y, task.query_x))
+
+
+register_algorithm(AlgorithmSpec(
+    "mann", MANN, "query cross-entropy after reading the support sequence into an external memory",
+    options=(
+        positive_int("controller_size", 200, "LSTM controller units"),
+        positive_int("memory_slots", 128, "memory rows"),
+        positive_int("memory_width", 40, "values per memory row"),
+    ),
+    kinds=("classification",), inner_loop=False,
+))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from meta_core.algorithms.episodic import EpisodeLearner, one_hot
 from meta_core.models import Params, forward
+from meta_core.registry import AlgorithmSpec, register_algorithm
 from meta_core.tasks import Task
 
 
@@ -26,3 +27,6 @@ class MatchingNet(EpisodeLearner):
         support = forward(self.model, params, task.support_x)
         probs = attend(forward(self.model, params, task.query_x), support, one_hot(task.support_y, self.ways))
         return probs.log()
+
+
+register_algorithm(AlgorithmSpec("matchingnet", MatchingNet, "query NLL of cosine-softmax attention over the support set", kinds=("classification",), inner_loop=False))

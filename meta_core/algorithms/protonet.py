@@ -4,6 +4,7 @@ import torch
 
 from meta_core.algorithms.episodic import EpisodeLearner, one_hot
 from meta_core.models import Params, forward
+from meta_core.registry import AlgorithmSpec, register_algorithm
 from meta_core.tasks import Task
 
 
@@ -23,3 +24,6 @@ class ProtoNet(EpisodeLearner):
         support = forward(self.model, params, task.support_x)
         centres = prototypes(support, task.support_y, self.ways)
         return negative_squared_distances(forward(self.model, params, task.query_x), centres)
+
+
+register_algorithm(AlgorithmSpec("protonet", ProtoNet, "query cross-entropy on `-||f(x) - class mean||^2`", kinds=("classification",), inner_loop=False))

@@ -6,6 +6,7 @@ import torch
 
 from cluster.driver import Driver
 from meta_core.tasks import EVAL
+from pipelines.config import Config
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -13,11 +14,11 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def evaluate(config: dict, driver: Driver, flat: torch.Tensor) -> tuple[dict[str, float], pd.DataFrame]:
+def evaluate(config: Config, driver: Driver, flat: torch.Tensor) -> tuple[dict[str, float], pd.DataFrame]:
     """Metrics named for MLflow and a table with one row per number of adaptation steps."""
-    inner = config["algorithm"]["inner_steps"]
-    steps = sorted(set(config["eval"]["steps"]) | ({inner} if inner else set()))
-    per_task = driver.evaluate(flat.detach().numpy(), EVAL, config["eval"]["tasks"], steps)
+    inner = config.algorithm.inner_steps
+    steps = sorted(set(config.eval.steps) | ({inner} if inner else set()))
+    per_task = driver.evaluate(flat.detach().numpy(), EVAL, config.eval.tasks, steps)
     rows = []
     for n in [0, *steps]:
         row = {"adapt_steps": n}

@@ -5,16 +5,18 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 
 import data
+from pipelines.build import prepared
+from pipelines.config import Config
 
 
-def prepare_stage(config: dict) -> dict:
+def prepare_stage(config: Config) -> dict:
     """Prepare (or find) the dataset; log each split as an MLflow dataset input, its counts and the manifest."""
-    folder = data.prepare(config)
+    folder = prepared(config)
     manifest = data.manifest_of(folder)
     for split in data.split_names(manifest):
         info = manifest["splits"][split]
         source = LocalArtifactDatasetSource(str(folder / info["file"]))
-        dataset = MetaDataset(source, name=f"{config['data']['name']}-{split}", digest=info["sha256"][:16])
+        dataset = MetaDataset(source, name=f"{config.data.name}-{split}", digest=info["sha256"][:16])
         mlflow.log_input(dataset, context=split)
         mlflow.log_metrics({f"{split}_classes": info["classes"], f"{split}_samples_per_class": info["samples_per_class"]})
     mlflow.log_dict(manifest, "manifest.json")

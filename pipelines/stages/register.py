@@ -10,24 +10,25 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from meta_core.build import KIND
 from pipelines import serving, tracking
 from pipelines.artifacts import read_trained
+from pipelines.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-# What the served model imports; packed with it so `mlflow models serve` needs no checkout.
-CODE_PATHS = [str(ROOT / "meta_core"), str(ROOT / "pipelines")]
-REQUIREMENTS = [f"{name}=={version(name)}" for name in ("mlflow", "torch", "numpy", "pandas", "PyYAML")]
+# What the served model imports (the specs, and the config that names them); packed with it so `mlflow models serve`
+# needs no checkout.
+CODE_PATHS = [str(ROOT / package) for package in ("meta_core", "data", "cluster", "pipelines")]
+REQUIREMENTS = [f"{name}=={version(name)}" for name in ("mlflow", "torch", "numpy", "pandas", "PyYAML", "pyarrow", "pillow")]
 
 
-def input_example(config: dict, kind: str) -> pd.DataFrame:
+def input_example(config: Config, kind: str) -> pd.DataFrame:
     """A task of the trained shape with random inputs: shows the request format and checks the model answers it."""
-    task, rng = config["task"], np.random.default_rng(config["seed"])
+    task, rng = config.task, np.random.default_rng(config.seed)
     shape = serving.input_shape(config)
     if kind == "classification":
-        labels, queries = np.repeat(np.arange(task["ways"]), task["shots"]), task["ways"]
+        labels, queries = np.repeat(np.arange(task.ways), task.shots), task.ways
     else:
-        labels, queries = rng.uniform(-1.0, 1.0, task["shots"]), 2
+        labels, queries = rng.uniform(-1.0, 1.0, task.shots), 2
     return serving.request(rng.random((len(labels), *shape)), labels, rng.random((queries, *shape)))
 
 
@@ -36,22 +37,26 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | 
     return client.get_model_version(name, aliases[alias]) if alias in aliases else None
 
 
-def beats(value: float, holder: ModelVersion | None, metric: str) -> bool:
-    """True when there is no holder, the holder was never scored on ``metric``, or ``value`` is strictly better
-    (higher for an accuracy, lower for a loss)."""
+def beats(value: float, holder: ModelVersion | None, metric: str, higher_is_better: bool) -> bool:
+    """True when there is no holder, the holder was never scored on ``metric``, or ``value`` is strictly better."""
     if holder is None or metric not in holder.tags:
         return True
     best = float(holder.tags[metric])
-    return value > best if metric.endswith("_acc") else value < best
+    return value > best if higher_is_better else value < best
 
 
-def register_stage(config: dict, train_run_id: str, eval_metrics: dict[str, float]) -> dict:
+def higher_is_better(config: Config, metric: str) -> bool:
+    """Whether a larger ``eval_..._<loss|acc>`` wins, as the algorithm's spec says of ``loss`` and ``acc``."""
+    return metric.rsplit("_", 1)[-1] in config.algorithm_spec.higher_is_better
+
+
+def register_stage(config: Config, train_run_id: str, eval_metrics: dict[str, float]) -> dict:
     """Log the model in the active run, register a new version, and move the alias if it is the best so far."""
-    if KIND.get(config["data"]["name"]) == "rl":
+    if config.dataset.kind == "rl":
         print("register: skipped, a policy answers an environment, not a request")
         return {}
-    spec = config["register"]
-    name, alias, metric = spec["model_name"] or tracking.task_name(config), spec["alias"], spec["metric"]
+    spec = config.register
+    name, alias, metric = spec.model_name or tracking.task_name(config), spec.alias, spec.metric
     if metric not in eval_metrics:
         raise ValueError(f"register.metric: {metric} is not among the evaluation metrics ({', '.join(sorted(eval_metrics))})")
     value = float(eval_metrics[metric])
@@ -75,7 +80,7 @@ def register_stage(config: dict, train_run_id: str, eval_metrics: dict[str, floa
     holder = alias_holder(client, name, alias)
     client.set_model_version_tag(name, number, metric, str(value))
     client.set_model_version_tag(name, number, "train_run_id", train_run_id)
-    crowned = beats(value, holder, metric)
+    crowned = beats(value, holder, metric, higher_is_better(config, metric))
     if crowned:
         client.set_registered_model_alias(name, alias, number)
     champion_version = int(number if crowned else holder.version)

@@ -14,7 +14,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipelines.config import ConfigError, load, resolve_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the project folder, which the job receives
 EXCLUDES = [".venv", ".git", "data/cache", "mlruns", "mlartifacts", "mlflow.db", "checkpoints", "runs", "**/__pycache__"]
 
 

@@ -1,0 +1,57 @@
+"""From a typed config to what the lower layers take as arguments: the learner, the workers' setup, task sources."""
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+import data
+from cluster.config import WorkerSetup
+from meta_core.algorithms import Algorithm
+from meta_core.outer import OuterLoop
+from meta_core.registry import Learner
+from pipelines.config import Config
+
+
+def prepared(config: Config) -> Path:
+    """The prepared dataset's folder (``data.prepare``), checked against the config's task shape."""
+    return data.prepare(config.data, config.seed, config.task)
+
+
+def learner(config: Config) -> Learner:
+    """The algorithm with its model, sized for one example of the data set and one output per way (or value)."""
+    _, shape = config.dataset.example(config.data)
+    options = dict(config.algorithm.options)
+    if config.algorithm_spec.checkpointable:
+        options["checkpoint_inner"] = config.algorithm.checkpoint_inner
+    return Learner(
+        config.algorithm_spec, config.model_spec, config.dataset.kind, shape,
+        outputs=config.dataset.outputs(config.task),
+        inner_steps=config.algorithm.inner_steps, inner_lr=config.algorithm.inner_lr, options=options, model_options=dict(config.model.options),
+    )  # fmt: skip
+
+
+def build_learner(config: Config) -> Algorithm:
+    return learner(config).build()
+
+
+def tasks(config: Config):
+    """``tasks(examples)``: a split's task source, able to serve the most adaptation steps training or evaluation takes."""
+    adapt_steps = max(config.algorithm.inner_steps, *config.eval.steps)
+    return functools.partial(config.dataset.tasks, config.task, adapt_steps=adapt_steps)
+
+
+def task_source(config: Config, examples: np.ndarray | None = None):
+    return tasks(config)(examples)
+
+
+def outer_loop(config: Config) -> OuterLoop:
+    return OuterLoop(config.train.meta_batch, config.train.optimizer, config.train.outer_lr)
+
+
+def worker_setup(config: Config) -> WorkerSetup:
+    train, cluster = config.train, config.cluster
+    return WorkerSetup(
+        learner(config), tasks(config), outer_loop(config), config.seed, train.pre_adapt_every, train.vectorize, train.compile,
+        cluster.num_cpus, cluster.num_gpus,
+    )  # fmt: skip
