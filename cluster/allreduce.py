@@ -127,7 +127,7 @@ class AllreduceDriver(Driver):
         try:
             state, metrics = self.group_steps(flat, optimizer, first, count)
         except RayError as error:
-            warnings.warn(f"step {first}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers")
+            warnings.warn(f"step {first}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers", stacklevel=2)
             self.shutdown()
             self.start_workers()
             self.form_group()
@@ -141,7 +141,7 @@ class AllreduceDriver(Driver):
         (not when new, nor after a checkpoint was loaded); raises the first error or a timeout."""
         sent = None if self.held is not None and torch.equal(self.held, flat) else ray.put(pack(flat, optimizer))
         shares = split(self.meta_batch, len(self.workers))
-        refs = [w.train_steps.remote(sent, first, count, idx) for w, idx in zip(self.workers, shares)]
+        refs = [w.train_steps.remote(sent, first, count, idx) for w, idx in zip(self.workers, shares, strict=True)]
         pending, deadline, results = refs, time.monotonic() + count * self.timeout, {}
         while pending:  # a lost member's error at once, not after the others' collective gives up on it
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -149,7 +149,7 @@ class AllreduceDriver(Driver):
                 raise GetTimeoutError(f"the group's {count} step(s) took over share_timeout_s ({self.timeout}s) each")
             results[ready[0]] = ray.get(ready[0])
         state, _ = results[refs[0]]
-        return state, [self.mean_metrics(list(step)) for step in zip(*(results[ref][1] for ref in refs))]
+        return state, [self.mean_metrics(list(step)) for step in zip(*(results[ref][1] for ref in refs), strict=True)]
 
 
 def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout) -> Driver:

@@ -64,10 +64,10 @@ def read(path: Path, data: DataConfig) -> Classes:
     rows = features(table, path, list(data.features)) if data.features else images(table, path, data.image_column, data.image_size)
     keys = zip(
         pc.cast(groups, pa.string()).to_pylist() if groups is not None else [""] * len(table),
-        pc.cast(labels, pa.string()).to_pylist(),
+        pc.cast(labels, pa.string()).to_pylist(), strict=True,
     )
     classes: Classes = {}
-    for key, row in zip(keys, rows):
+    for key, row in zip(keys, rows, strict=True):
         classes.setdefault(key, []).append(row)
     if not classes:
         raise DataError(f"{path}: the table has no rows")

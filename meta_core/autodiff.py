@@ -25,7 +25,7 @@ def grad(fn, has_aux: bool = False):
             out = fn(inputs, *args)
             loss, aux = out if has_aux else (out, None)
             grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=nested, allow_unused=True)
-        grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(inputs.items(), grads)}
+        grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(inputs.items(), grads, strict=True)}
         return (grads, aux) if has_aux else grads
 
     return gradient

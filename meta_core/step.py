@@ -48,7 +48,9 @@ def compiled_or_eager(fn):
             return compiled(*args)
         except torch._dynamo.exc.TorchDynamoException as error:
             first_line = (str(error).strip().splitlines() or [""])[0]
-            warnings.warn(f"train.compile: torch could not compile the meta-gradient, so it runs eagerly ({type(error).__name__}: {first_line})")
+            warnings.warn(
+                f"train.compile: torch could not compile the meta-gradient, so it runs eagerly ({type(error).__name__}: {first_line})", stacklevel=2
+            )
             compiled = fn
             return fn(*args)
 

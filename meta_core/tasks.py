@@ -44,7 +44,7 @@ class Task(NamedTuple):
 
 def stack(tasks: list[Task]) -> Task:
     """Tasks of one shape as a single batched task (leading task dimension), for ``vmap``."""
-    return type(tasks[0])(*(torch.stack(parts) for parts in zip(*tasks)))
+    return type(tasks[0])(*(torch.stack(parts) for parts in zip(*tasks, strict=True)))
 
 
 class SinusoidTasks:

@@ -22,7 +22,7 @@ def learning_curve(train_run_id: str) -> Figure:
     logged = client.get_run(train_run_id).data.metrics
     panels = [m for m in ("loss", "acc") if f"post_adapt_{m}" in logged]
     figure = Figure(figsize=(5 * len(panels), 3.5), layout="constrained")
-    for ax, metric in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+    for ax, metric in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         for phase in PHASES:
             history = sorted((m.step, m.value) for m in client.get_metric_history(train_run_id, f"{phase}_{metric}"))
             steps, values = np.array(history).T

@@ -49,7 +49,7 @@ def signature(config: Config, kind: str) -> ModelSignature:
 
 def request(support_x, support_y, query_x) -> pd.DataFrame:
     """A request frame from support examples with their labels (or targets) and query examples."""
-    rows = [("support", x, float(y)) for x, y in zip(support_x, support_y)] + [("query", x, None) for x in query_x]
+    rows = [("support", x, float(y)) for x, y in zip(support_x, support_y, strict=True)] + [("query", x, None) for x in query_x]
     return pd.DataFrame([{"set": s, "x": np.asarray(x, dtype=np.float64).ravel().tolist(), "y": y} for s, x, y in rows])
 
 

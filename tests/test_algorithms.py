@@ -40,11 +40,11 @@ def reference_grad(model, kind, params, task, first_order=False, adapt=lambda na
     for _ in range(STEPS):
         loss = loss_fn(kind, functional_call(model, weights, (task.support_x,)), task.support_y)
         grads = torch.autograd.grad(loss, [weights[k] for k in names], create_graph=not first_order)
-        for k, g in zip(names, grads):
+        for k, g in zip(names, grads, strict=True):
             lr = theta[f"lr.{k}"] if learned_lrs else LR
             weights[k] = weights[k] - lr * g
     query = loss_fn(kind, functional_call(model, weights, (task.query_x,)), task.query_y)
-    return dict(zip(theta, torch.autograd.grad(query, list(theta.values()))))
+    return dict(zip(theta, torch.autograd.grad(query, list(theta.values())), strict=True))
 
 
 def ours(name, setup):
@@ -97,7 +97,7 @@ def test_reptile_direction_is_theta_minus_adapted_weights(setup):
     for _ in range(STEPS):
         loss = loss_fn(kind, functional_call(model, weights, (task.support_x,)), task.support_y)
         g = torch.autograd.grad(loss, list(weights.values()))
-        weights = {k: (w - LR * gi).detach().requires_grad_() for (k, w), gi in zip(weights.items(), g)}
+        weights = {k: (w - LR * gi).detach().requires_grad_() for (k, w), gi in zip(weights.items(), g, strict=True)}
     assert_close(grads, {k: params[k] - weights[k].detach() for k in params})
 
 

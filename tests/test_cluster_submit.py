@@ -61,7 +61,7 @@ def cluster(tmp_path):
         start(f"--address=127.0.0.1:{gcs}", '--resources={"side": 1}', name="side")
         yield url, env
     finally:
-        for process, temp in started:  # only what this test started: each node's own process group
+        for process, _ in started:  # only what this test started: each node's own process group
             with_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10  # for all of them together; what is left then is killed with its group
         for process, temp in started:

@@ -94,7 +94,7 @@ def test_splits_are_deterministic_from_the_seed_and_no_class_is_in_two_splits(tm
             assert found["train"].isdisjoint(found["test"])
             assert len(found["train"] | found["test"]) == 12
             if by == "group":
-                assert {l.split("/")[0] for l in found["train"]}.isdisjoint({l.split("/")[0] for l in found["test"]})
+                assert {label.split("/")[0] for label in found["train"]}.isdisjoint({label.split("/")[0] for label in found["test"]})
             assert labels.setdefault((seed, by), found) == found
     assert labels[(0, "class")] != labels[(1, "class")]
 

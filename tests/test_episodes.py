@@ -11,6 +11,7 @@ from pipelines.build import prepared
 from pipelines.config import CONFIG_DIR, load
 from pipelines.episodes import score_episodes
 from pipelines.pipeline import run
+
 WAYS = 5
 
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.algorithms.mann import MemoryNetwork
 from meta_core.flat import flatten, layout_of
+from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.step import evaluate_tasks, share_gradient
 from meta_core.tasks import EVAL, ClassificationTasks, Task, task_rng
 from pipelines.config import ConfigError, load
@@ -57,7 +57,7 @@ def embed(params: dict, x: torch.Tensor) -> torch.Tensor:
 def reference_grad(params: dict, logits_fn, task: Task) -> dict:
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     loss = F.cross_entropy(logits_fn(leaves), task.query_y)
-    return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
 
 
 def assert_grads_close(a: dict, b: dict) -> None:
@@ -129,7 +129,7 @@ def test_mann_writes_each_new_key_to_the_least_used_slot():
     network = MemoryNetwork(nn.Identity(), features=4, ways=2, controller=6, slots=5, width=3)
     nn.init.constant_(network.write_gate.bias, -50.0)
     state, keys = network.initial(torch.zeros(1)), []
-    for t in range(4):
+    for _ in range(4):
         _, state = network.step(torch.randn(1, 4), torch.zeros(1, 2), state)
         keys.append(network.key(state.hidden).tanh()[0])
     written = state.memory[0]

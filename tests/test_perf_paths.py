@@ -14,8 +14,8 @@ from benchmarks.baseline import BaselineMAML
 from cluster.allreduce import AllreduceDriver, make_driver
 from cluster.driver import Driver
 from cluster.worker import INLINE_BYTES, from_wire, to_wire
-from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.flat import flatten, layout_of
+from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.step import draw, share_gradient
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
 from pipelines.build import build_learner, outer_loop, worker_setup
@@ -152,7 +152,7 @@ def test_steps_per_call_above_one_is_refused_where_the_driver_takes_the_outer_st
 
 
 def same_metrics(ours: list[dict], theirs: list[dict]) -> bool:
-    return len(ours) == len(theirs) and all(a == pytest.approx(b) for a, b in zip(ours, theirs))
+    return len(ours) == len(theirs) and all(a == pytest.approx(b) for a, b in zip(ours, theirs, strict=True))
 
 
 @pytest.mark.slow

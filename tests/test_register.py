@@ -1,6 +1,7 @@
 """The register stage: a servable few-shot model in the registry, and an alias that only moves to a better version."""
 
 import dataclasses
+
 import mlflow
 import numpy as np
 import pytest

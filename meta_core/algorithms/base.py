@@ -11,9 +11,9 @@ and ``adapt``: a new algorithm is one small class with its ``AlgorithmSpec``
 import torch
 import torch.nn.functional as F
 from torch import nn
-from meta_core.autodiff import grad
 from torch.utils.checkpoint import checkpoint
 
+from meta_core.autodiff import grad
 from meta_core.models import Params, forward, init_params
 from meta_core.tasks import Task
 

@@ -2,9 +2,9 @@
 
 import torch
 from torch import nn
-from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm, task_loss
+from meta_core.autodiff import grad
 from meta_core.models import Params
 from meta_core.tasks import Task
 

@@ -9,9 +9,9 @@ whatever ``inner_steps`` is, where MAML's grows with every step it unrolls.
 """
 
 import torch
-from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm, task_loss
+from meta_core.autodiff import grad
 from meta_core.models import Params, forward
 from meta_core.registry import AlgorithmSpec, positive_int, positive_number, register_algorithm
 from meta_core.tasks import Task

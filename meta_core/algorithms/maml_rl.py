@@ -9,9 +9,9 @@ policy gradient on every goal jointly: the pretrained baseline of the paper.
 from collections.abc import Iterator
 
 import torch
-from meta_core.autodiff import grad
 
 from meta_core.algorithms.base import Algorithm
+from meta_core.autodiff import grad
 from meta_core.models import Params
 from meta_core.registry import AlgorithmSpec, register_algorithm
 from meta_core.rl import GoalTask, Rollouts, mean_return, policy_gradient_loss, rollout
@@ -29,7 +29,7 @@ class MAMLRL(Algorithm):
         batch = rollout(self.model, weights, task.goal, task.noise[0])
         yield weights, batch
         for n in range(1, steps + 1):
-            grads = grad(lambda w: policy_gradient_loss(self.model, w, batch))(weights)
+            grads = grad(lambda w, batch=batch: policy_gradient_loss(self.model, w, batch))(weights)
             weights = {k: w - self.inner_lr * grads[k] for k, w in weights.items()}
             batch = rollout(self.model, weights, task.goal, task.noise[n])
             yield weights, batch
