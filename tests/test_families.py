@@ -183,8 +183,8 @@ def small(config: str, omniglot) -> list[str]:
     if config == "pointnav":
         return [*common, "task.shots=4", "task.horizon=10", "model.width=16"]
     images = [*omniglot.overrides(omniglot.zips[0]), "data.rotations=false", "model.width=8", "task.queries=2"]
-    return [*common, *images, "algorithm.inner_steps=1" if config == "imaml" else "algorithm.inner_steps=0",
-            "algorithm.controller_size=16", "algorithm.memory_slots=8", "algorithm.memory_width=8"]
+    small_memory = ["algorithm.controller_size=16", "algorithm.memory_slots=8", "algorithm.memory_width=8"] if config == "mann" else []
+    return [*common, *images, "algorithm.inner_steps=1" if config == "imaml" else "algorithm.inner_steps=0", *small_memory]
 
 
 @pytest.fixture(scope="module")
