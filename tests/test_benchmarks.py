@@ -6,8 +6,9 @@ import sys
 import time
 
 from benchmarks.call_latency import extra_ms, spin
-from benchmarks.common import ROOT
+from benchmarks.common import HELD_OUT, ROOT, omniglot_data
 from benchmarks.memory import measure
+from pipelines.config import CONFIG_DIR, load
 
 
 def test_memory_benchmark_sees_second_order_grow_with_inner_steps_and_checkpointing_keep_it_flat():
@@ -35,3 +36,12 @@ def test_call_latency_counts_only_what_a_call_takes_beyond_its_work():
     delayed = extra_ms(lambda seconds: (spin(seconds), time.sleep(0.005)), 0.002, budget_s=0.05)
     assert 0 <= bare < 1  # a spin called in this process adds next to nothing to itself
     assert 4.5 < delayed - bare < 10  # the 5 ms sleep after the spin is what the call takes beyond its work
+
+
+def test_omniglot_benchmarks_read_their_zips_from_omniglot_dir_else_the_official_small_sets(monkeypatch):
+    monkeypatch.setenv("OMNIGLOT_DIR", "/data/omniglot")
+    assert omniglot_data()[0] == "data.source=/data/omniglot"
+    monkeypatch.delenv("OMNIGLOT_DIR")
+    data = load(str(CONFIG_DIR / "omniglot.yaml"), omniglot_data())["data"]  # every override is a key the config knows
+    assert data["source"] == ["images_background_small1", "images_background_small2"]
+    assert (data["split"], data[HELD_OUT.removeprefix("data.")]) == ("group", 0.25)
