@@ -6,10 +6,17 @@ the query loss is back-propagated into ``.grad``. The networks are written out
 with ``torch.nn.functional``, weight for weight the same as meta_core's MLP and
 Conv4 (same parameter order), so both sides start from the same weights and
 train on the same tasks; nothing of meta_core's computation is used here.
+
+``compiled`` puts the query pass (forward and loss) through ``torch.compile``:
+that is as much of this meta-gradient as torch can compile. A compiled graph's
+backward cannot itself be differentiated ("aot_autograd does not currently
+support double backward"), and second order differentiates the support pass's
+gradient, so the support pass and inner loop stay eager.
 """
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.exc import TorchDynamoException
 
 
 def mlp(weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -32,16 +39,22 @@ NETWORKS = {"mlp": (mlp, F.mse_loss), "conv4": (conv4, F.cross_entropy)}
 class BaselineMAML:
     """Second-order MAML (``first_order=True``: FOMAML) with Adam on a list of weight tensors."""
 
-    def __init__(self, network: str, weights: list[torch.Tensor], inner_lr: float, inner_steps: int, outer_lr: float, first_order=False):
-        self.forward, self.loss = NETWORKS[network]
+    def __init__(
+        self, network: str, weights: list[torch.Tensor], inner_lr: float, inner_steps: int, outer_lr: float, first_order=False, compiled=False
+    ):  # fmt: skip
+        self.forward, self.loss, self.compiled = *NETWORKS[network], compiled
+        self.query_loss = torch.compile(self.task_loss, dynamic=False) if compiled else self.task_loss
         self.weights = [w.detach().clone().requires_grad_() for w in weights]
         self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
         self.optimizer = torch.optim.Adam(self.weights, lr=outer_lr)
 
+    def task_loss(self, weights: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.forward(weights, x), y)
+
     def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[torch.Tensor]:
         fast = self.weights
         for _ in range(steps):
-            grads = torch.autograd.grad(self.loss(self.forward(fast, x), y), fast, create_graph=not self.first_order)
+            grads = torch.autograd.grad(self.task_loss(fast, x, y), fast, create_graph=not self.first_order)
             fast = [w - self.inner_lr * g for w, g in zip(fast, grads)]
         return fast
 
@@ -51,8 +64,21 @@ class BaselineMAML:
             w.grad = None
         for task in tasks:
             fast = self.adapt(task.support_x, task.support_y, self.inner_steps)
-            (self.loss(self.forward(fast, task.query_x), task.query_y) / len(tasks)).backward()
+            (self.query_loss(fast, task.query_x, task.query_y) / len(tasks)).backward()
 
     def step(self, tasks) -> None:
         self.meta_gradient(tasks)
         self.optimizer.step()
+
+
+def warm_up(baseline: BaselineMAML, task) -> str | None:
+    """One task's meta-gradient, so that compiling and first calls are paid before any clock starts. Returns torch's
+    reason, in one line, where it cannot compile a compiled baseline, which is then reported as such, never timed
+    eagerly; else None."""
+    try:
+        baseline.meta_gradient([task])
+    except (TorchDynamoException, RuntimeError) as error:
+        if not baseline.compiled:
+            raise
+        return f"{type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0]
+    return None

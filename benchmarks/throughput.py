@@ -9,8 +9,11 @@ it is the all-reduce path running that many meta-steps per call
 (``cluster.steps_per_call``). Workers keep freed memory for reuse
 (``cluster.worker.reuse_freed_memory``), and so do the in-process rows;
 ``reuse_memory`` gives the baseline the same setting, to show what it alone is
-worth. Every step includes drawing its tasks and the Adam update; the two
-warm-up steps take any compiling (``train.compile``, each pre-adaptation variant).
+worth, and ``compile`` puts the baseline's query pass through ``torch.compile``
+(the other modes follow the config's ``train.compile``). Every step includes
+drawing its tasks and the Adam update; the two warm-up steps take any compiling
+(``train.compile``, each pre-adaptation variant). A compiled baseline that torch
+cannot compile gives its reason (``failure``) instead of times.
 
     .venv/bin/python -m benchmarks.throughput --measure '{"workload": "sinusoid", "mode": "ray", "workers": 2}'
 """
@@ -22,7 +25,7 @@ import torch
 
 from benchmarks.common import median_seconds, peak_gpu_mib, peak_rss_mib, workload
 
-DEFAULTS = {"workers": 1, "per_call": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False, "overrides": []}
+DEFAULTS = {"workers": 1, "per_call": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False, "compile": False, "overrides": []}
 
 
 def task_gflop(baseline, task) -> float:
@@ -37,7 +40,7 @@ def task_gflop(baseline, task) -> float:
 def measure(spec: dict) -> dict:
     """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per
     step; for the pipeline, also the median seconds of an empty call to a worker (Ray's bare round trip)."""
-    from benchmarks.baseline import BaselineMAML
+    from benchmarks.baseline import BaselineMAML, warm_up
     from cluster.allreduce import make_driver
     from cluster.driver import connect
     from cluster.worker import reuse_freed_memory
@@ -67,8 +70,13 @@ def measure(spec: dict) -> dict:
     result = {"bytes": 0, "worker_mib": 0.0, "gpu_mib": 0.0}
     if spec["mode"] == "baseline":
         weights = [w.to(device) for w in params.values()]
-        baseline = BaselineMAML(config["model"]["name"], weights, config["algorithm"]["inner_lr"], algo.inner_steps, train["outer_lr"])
-        result["task_gflop"] = task_gflop(baseline, draw(source, seed, TRAIN, 0, [0], device)[0])
+        baseline = BaselineMAML(config["model"]["name"], weights, config["algorithm"]["inner_lr"], algo.inner_steps, train["outer_lr"], compiled=spec["compile"])
+        first = draw(source, seed, TRAIN, 0, [0], device)[0]
+        failure = warm_up(baseline, first)
+        if failure:
+            return {"failure": failure}
+        if not spec["compile"]:  # the counter's dispatch mode would be traced into the compiled graph
+            result["task_gflop"] = task_gflop(baseline, first)
         step = lambda i: baseline.step(draw(source, seed, TRAIN, i, tasks, device))  # noqa: E731
     elif spec["mode"] in ("loop", "vmap"):  # what one worker does, in this process
         algo.model.to(device)

@@ -5,9 +5,14 @@ hyperparameters (configs/omniglot.yaml: inner lr 0.4, one second-order inner
 step, meta-batch 32, Adam 1e-3) on the same tasks, and are evaluated by the same
 function on the same fixed held-out tasks (alphabets never trained on), after one
 adaptation step, every ``eval_every`` steps. The clock stops while evaluating.
-The pipeline's workers run eagerly unless ``compile`` is set: at the scale these
-runs fit in minutes, compiling (a minute per worker on CPU) would outweigh the
-faster steps it buys for a long run.
+``compile`` puts the side's meta-gradient through ``torch.compile`` (the
+pipeline's workers with ``train.compile``, the baseline's query pass), and
+``reuse_memory`` gives the baseline the heap setting every worker makes. Each
+side warms up before its clock starts, so that compiling (about a minute per
+worker on CPU, seconds from inductor's disk cache) and starting the workers
+are not counted: the baseline with one task's meta-gradient, the pipeline with
+its first two steps (both compiled variants) on a copy of the weights it then
+drops. ``warmup_s`` says what that took.
 
     .venv/bin/python -m benchmarks.time_to_accuracy --measure '{"side": "pipeline", "target": 0.9}'
 """
@@ -20,13 +25,18 @@ import torch
 
 from benchmarks.common import finished, workload
 
-DEFAULTS = {"target": 0.9, "width": 64, "max_minutes": 60.0, "eval_every": 25, "eval_tasks": 100, "workers": 2, "device": "cpu", "compile": False}
+DEFAULTS = {
+    "target": 0.9, "width": 64, "max_minutes": 60.0, "eval_every": 25, "eval_tasks": 100, "workers": 2, "device": "cpu", "compile": False,
+    "reuse_memory": False,
+}  # fmt: skip
 
 
 def measure(spec: dict) -> dict:
-    """``seconds`` to the target (None if not reached within ``max_minutes``), steps taken and the accuracy curve."""
-    from benchmarks.baseline import BaselineMAML
+    """``seconds`` to the target (None if not reached within ``max_minutes``), steps taken, the accuracy curve and
+    the warm-up seconds; for a compiled baseline that torch cannot compile, its reason (``failure``) instead."""
+    from benchmarks.baseline import BaselineMAML, warm_up
     from cluster.driver import Driver, connect
+    from cluster.worker import reuse_freed_memory
     from meta_core.build import build_learner, build_source
     from meta_core.flat import flatten, layout_of
     from meta_core.models import init_params
@@ -43,17 +53,28 @@ def measure(spec: dict) -> dict:
     layout, flat = layout_of(params), flatten(params).clone()
     sources = {name: build_source(config, images) for name, images in splits.items()}
     algo.model.to(device)  # evaluation runs where training does
+    started = time.perf_counter()
     if spec["side"] == "baseline":
-        baseline = BaselineMAML("conv4", [w.to(device) for w in params.values()], config["algorithm"]["inner_lr"], 1, train["outer_lr"])
+        if spec["reuse_memory"]:
+            reuse_freed_memory()
+        weights = [w.to(device) for w in params.values()]
+        baseline = BaselineMAML("conv4", weights, config["algorithm"]["inner_lr"], 1, train["outer_lr"], compiled=spec["compile"])
+        failure = warm_up(baseline, draw(sources["train"], seed, TRAIN, 0, [0], device)[0])
+        if failure:
+            return {"failure": failure}
         step = lambda i: baseline.step(draw(sources["train"], seed, TRAIN, i, range(train["meta_batch"]), device))  # noqa: E731
         current = lambda: torch.cat([w.detach().reshape(-1) for w in baseline.weights])  # noqa: E731
     else:
         connect(None)
         driver = Driver(config, splits, layout)
+        copy = flat.clone()
+        driver.steps(copy, make_optimizer(train["optimizer"], copy, train["outer_lr"]), 0, 2)
         optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
 
         step = lambda i: driver.steps(flat, optimizer, i, 1)  # noqa: E731
         current = lambda: flat.detach().to(device)  # noqa: E731
+    finished(spec["device"])
+    warmup_s = time.perf_counter() - started
     trained, curve, reached = 0.0, [], None
     for i in range(1_000_000):
         started = time.perf_counter()
@@ -68,7 +89,8 @@ def measure(spec: dict) -> dict:
                 break
         if trained > 60 * spec["max_minutes"]:
             break
-    return {"seconds": reached, "steps": i + 1, "trained_s": trained, "best_acc": max((c[2] for c in curve), default=None), "curve": curve}
+    best = max((c[2] for c in curve), default=None)
+    return {"seconds": reached, "steps": i + 1, "trained_s": trained, "best_acc": best, "curve": curve, "warmup_s": warmup_s}
 
 
 if __name__ == "__main__":

@@ -5,9 +5,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.baseline import BaselineMAML, warm_up
 from benchmarks.call_latency import extra_ms, spin
-from benchmarks.common import ROOT
+from benchmarks.common import HELD_OUT, ROOT, omniglot_data
 from benchmarks.memory import measure
+from meta_core.models import build_model, init_params
+from meta_core.step import draw
+from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
+from pipelines.config import CONFIG_DIR, load
 
 
 def test_memory_benchmark_sees_second_order_grow_with_inner_steps_and_checkpointing_keep_it_flat():
@@ -35,3 +44,49 @@ def test_call_latency_counts_only_what_a_call_takes_beyond_its_work():
     delayed = extra_ms(lambda seconds: (spin(seconds), time.sleep(0.005)), 0.002, budget_s=0.05)
     assert 0 <= bare < 1  # a spin called in this process adds next to nothing to itself
     assert 4.5 < delayed - bare < 10  # the 5 ms sleep after the spin is what the call takes beyond its work
+
+
+def baseline_and_tasks(network: str, compiled: bool) -> tuple[BaselineMAML, list]:
+    """A second-order baseline on a small model, and four of its tasks."""
+    if network == "mlp":
+        model, source = build_model("mlp"), SinusoidTasks(5, 5)
+    else:
+        images = np.random.default_rng(0).random((12, 6, 28, 28), dtype=np.float32)
+        model, source = build_model("conv4", ways=3, width=8), ClassificationTasks(images, 3, 1, 2)
+    baseline = BaselineMAML(network, list(init_params(model, 0).values()), 0.1, 2, 1e-3, compiled=compiled)
+    return baseline, draw(source, 0, TRAIN, 3, range(4))
+
+
+def meta_gradient(baseline: BaselineMAML, tasks) -> np.ndarray:
+    baseline.meta_gradient(tasks)
+    return torch.cat([w.grad.reshape(-1) for w in baseline.weights]).numpy()
+
+
+@pytest.mark.slow  # compiling the conv net's query pass takes about half a minute on 2 cores
+@pytest.mark.parametrize("network", ["mlp", "conv4"])
+def test_compiled_baseline_gives_the_eager_baselines_meta_gradient(network):
+    eager = meta_gradient(*baseline_and_tasks(network, compiled=False))
+    compiled, tasks = baseline_and_tasks(network, compiled=True)
+    assert warm_up(compiled, tasks[0]) is None  # torch compiled it
+    assert np.abs(eager).max() > 0
+    np.testing.assert_allclose(meta_gradient(compiled, tasks), eager, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm: near-zero gradients
+
+
+def test_a_baseline_torch_cannot_compile_is_reported_not_timed_eagerly(monkeypatch):
+    def backend_without_the_op(graph, example_inputs):
+        raise RuntimeError("no kernel for this op")
+
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compile(fn, backend=backend_without_the_op))
+    torch._dynamo.reset()  # no graph compiled by an earlier test may serve this one
+    baseline, tasks = baseline_and_tasks("mlp", compiled=True)
+    assert warm_up(baseline, tasks[0]).startswith("BackendCompilerFailed: ")
+
+
+def test_omniglot_benchmarks_read_their_zips_from_omniglot_dir_else_the_official_small_sets(monkeypatch):
+    monkeypatch.setenv("OMNIGLOT_DIR", "/data/omniglot")
+    assert omniglot_data()[0] == "data.source=/data/omniglot"
+    monkeypatch.delenv("OMNIGLOT_DIR")
+    data = load(str(CONFIG_DIR / "omniglot.yaml"), omniglot_data())["data"]  # every override is a key the config knows
+    assert data["source"] == ["images_background_small1", "images_background_small2"]
+    assert (data["split"], data[HELD_OUT.removeprefix("data.")]) == ("group", 0.25)
