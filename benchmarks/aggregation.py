@@ -26,7 +26,6 @@ from benchmarks.common import in_fresh_process, median_seconds
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
 from cluster.driver import Driver, connect
 from cluster.worker import MetaWorker
-from meta_core.outer import make_optimizer
 
 SIZES = [100_000, 300_000, 1_000_000, 3_000_000, 10_000_000, 20_000_000]  # parameters
 QUICK_SIZES = [100_000, 1_000_000, 10_000_000]
@@ -40,18 +39,17 @@ def fixed_share(self, params: torch.Tensor, step: int, indices: list[int]) -> tu
     return self.fixed, {}
 
 
-@ray.remote
-class FreeWorker(MetaWorker.__ray_actor_class__):
+class FreeWorker(MetaWorker):
     share = fixed_share
 
 
-@ray.remote
-class FreeAllreduceWorker(AllreduceWorker.__ray_actor_class__):
+class FreeAllreduceWorker(AllreduceWorker):
     share = fixed_share
 
 
 def measure(spec: dict) -> dict:
     """Median seconds of one meta-step's aggregation, per size, for both paths at ``spec['workers']`` workers."""
+    from pipelines.build import outer_loop, worker_setup
     from pipelines.config import CONFIG_DIR, load
 
     workers = spec["workers"]
@@ -59,14 +57,15 @@ def measure(spec: dict) -> dict:
     config = load(str(CONFIG_DIR / "sinusoid.yaml"), [f"cluster.workers={workers}", f"cluster.num_cpus={1 / workers}"])
     splits, rows = {"train": None, "test": None}, []
     connect(None)
+    setup = worker_setup(config)
     for size in spec["sizes"]:
         layout = [("flat", (size,))]  # one parameter vector of that size
-        drivers = [Driver(config, splits, layout, worker_cls=FreeWorker), AllreduceDriver(config, splits, layout, worker_cls=FreeAllreduceWorker)]
+        drivers = [Driver(setup, config.cluster, splits, layout, FreeWorker), AllreduceDriver(setup, config.cluster, splits, layout, FreeAllreduceWorker)]
         seconds = []
         for d in drivers:
             flat = torch.from_numpy(np.random.default_rng(size).standard_normal(size, dtype=np.float32))
-            optimizer = make_optimizer("adam", flat, 1e-3)
-            seconds.append(median_seconds(lambda i: d.steps(flat, optimizer, i, 1), spec["steps"], spec["warmup"]))
+            optimizer = outer_loop(config).make_optimizer(flat)
+            seconds.append(median_seconds(lambda i, d=d, flat=flat, optimizer=optimizer: d.steps(flat, optimizer, i, 1), spec["steps"], spec["warmup"]))
         rows.append({"params": size, "driver_s": seconds[0], "allreduce_s": seconds[1]})
         for d in drivers:
             d.shutdown()

@@ -55,7 +55,7 @@ class BaselineMAML:
         fast = self.weights
         for _ in range(steps):
             grads = torch.autograd.grad(self.task_loss(fast, x, y), fast, create_graph=not self.first_order)
-            fast = [w - self.inner_lr * g for w, g in zip(fast, grads)]
+            fast = [w - self.inner_lr * g for w, g in zip(fast, grads, strict=True)]
         return fast
 
     def meta_gradient(self, tasks) -> None:

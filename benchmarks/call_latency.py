@@ -82,7 +82,7 @@ def main() -> None:
 
     print("ms a call takes beyond its spin (median), by the spin's length")
     print(f"{'spin ms':>8} {'pipe':>7} {'ray call':>9} {'compiled':>9} {'call/pipe':>10}")
-    for ms, p, c, g in zip(SPINS_MS, pipe, calls, compiled):
+    for ms, p, c, g in zip(SPINS_MS, pipe, calls, compiled, strict=True):
         print(f"{ms:>8.1f} {p:>7.3f} {c:>9.3f} {g:>9.3f} {c / p:>10.1f}")
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-HELD_OUT = "data.test_fraction"  # the data config key of the share of alphabets held out for test
 SMALL_SETS = "[images_background_small1, images_background_small2]"  # official names: downloaded and verified by the data layer
 
 
@@ -20,7 +19,7 @@ def omniglot_data() -> list[str]:
     """The data overrides of the Omniglot workload every benchmark measures: the two small background sets (from the
     folder of zips in ``OMNIGLOT_DIR``, else by name), whole alphabets held out, a quarter of them. They are given
     explicitly, not taken from the shipped config, so that a change of its data protocol leaves the workload as it is."""
-    return [f"data.source={os.environ.get('OMNIGLOT_DIR') or SMALL_SETS}", "data.split=group", f"{HELD_OUT}=0.25"]
+    return [f"data.source={os.environ.get('OMNIGLOT_DIR') or SMALL_SETS}", "data.split=group", "data.test_size=0.25"]
 
 
 def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu", overrides=()) -> tuple[dict, dict]:
@@ -34,9 +33,10 @@ def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu", 
     if name == "sinusoid":
         return load(str(CONFIG_DIR / "sinusoid.yaml"), overrides), {"train": None, "test": None}
     import data
+    from pipelines.build import prepared
 
     config = load(str(CONFIG_DIR / "omniglot.yaml"), [*omniglot_data(), f"model.width={width}", *overrides])
-    return config, data.load_splits(data.prepare(config))
+    return config, data.load_splits(prepared(config))
 
 
 def finished(device: str) -> None:

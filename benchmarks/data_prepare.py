@@ -20,6 +20,7 @@ from benchmarks.common import median_seconds, workload
 from data import omniglot
 from data.dataset import cache_dir, sources
 from data.sources import resolve
+from pipelines.build import prepared
 
 
 def main() -> None:
@@ -27,17 +28,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     config, _ = workload("omniglot")
-    downloads = cache_dir(config["data"]) / "downloads"
-    zips = [path for source in sources(config["data"]) for path, _ in resolve(source, downloads)]
-    config["data"]["source"] = [str(z) for z in zips]
+    downloads = cache_dir(config.data) / "downloads"
+    zips = [path for source in sources(config.data) for path, _ in resolve(source, downloads)]
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(args.repeats * 2))
 
-        def prepare_cold() -> Path:
-            config["data"]["cache_dir"] = f"{tmp}/cache{next(counter)}"  # an empty cache: a full build every time
-            return data.prepare(config)
+        def prepare_cold() -> Path:  # an empty cache: a full build every time
+            return prepared(config.with_values({"data.source": [str(z) for z in zips], "data.cache_dir": f"{tmp}/cache{next(counter)}"}))
 
-        decode = median_seconds(lambda _: [omniglot.read(z, 28) for z in zips], args.repeats, 0)
+        decode = median_seconds(lambda _: [omniglot.read(z, config.data) for z in zips], args.repeats, 0)
         prepare = median_seconds(lambda _: prepare_cold(), args.repeats, 0)
         folder = prepare_cold()
         splits = data.load_splits(folder)

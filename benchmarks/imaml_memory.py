@@ -2,16 +2,16 @@
 
 MAML keeps every inner step's activations for the backward pass, so its memory
 grows with the steps; iMAML never differentiates its inner loop, so it should
-stay flat. Each measurement runs in a fresh process: on CPU the figure is the
-growth of the peak resident set during ``task_grad``, on CUDA the growth of the
-peak allocated memory.
+stay flat. Each measurement runs in a fresh process, as ``benchmarks/memory.py``
+measures: the peak of memory in use during ``task_grad`` above what was in use
+before it (glibc's heap on CPU, where the resident set would hide freed and
+reused pages; the allocator's on CUDA).
 
     .venv/bin/python benchmarks/imaml_memory.py [--steps 1 4 16] [--width 32] [--repeats 3] [--device cuda]
 """
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,34 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def measure(algorithm: str, steps: int, width: int, device: str) -> dict:
     """Extra peak memory (MiB) and seconds of one ``task_grad`` with ``steps`` inner steps, in this process."""
-    import numpy as np
     import torch
 
-    from meta_core.algorithms import build_algorithm
-    from meta_core.models import build_model, init_params
-    from meta_core.tasks import ClassificationTasks, task_rng
+    from benchmarks.memory import conv4_learner, extra_peak_mib, omniglot_shaped_task
 
     torch.set_num_threads(1)
-    images = np.random.default_rng(0).random((10, 20, 28, 28), dtype=np.float32)
-    task = ClassificationTasks(images, ways=5, shots=5, queries=15).sample(task_rng(0, 0, 0, 0)).to(device)
-    model = build_model("conv4", ways=5, width=width).to(device)
-    algo = build_algorithm(algorithm, model, "classification", inner_steps=steps, inner_lr=0.1)
-    params = {k: v.to(device) for k, v in algo.init(init_params(model, 0)).items()}
-    algo.loss(params, task.support_x, task.support_y)  # load kernels before the baseline
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    task = omniglot_shaped_task(5, 15, device)
+    algo, params = conv4_learner(algorithm, steps, 0.1, width, device)
+    algo.task_grad(params, omniglot_shaped_task(5, 1, device))  # load every kernel before the baseline
     started = time.perf_counter()
-    algo.task_grad(params, task)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"mib": (peak - base) / 2**20, "s": time.perf_counter() - started}
+    mib = extra_peak_mib(lambda: algo.task_grad(params, task), device)
+    return {"mib": mib, "s": time.perf_counter() - started}
 
 
 def in_fresh_process(algorithm: str, steps: int, width: int, device: str) -> dict:

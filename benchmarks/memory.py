@@ -54,36 +54,50 @@ VARIANTS = {"second order": ("maml", {}), "first order": ("fomaml", {}), "checkp
 DEFAULTS = {"width": 64, "device": "cpu"}
 
 
-def measure(spec: dict) -> dict:
-    from meta_core.algorithms import build_algorithm
-    from meta_core.models import build_model, init_params
-    from meta_core.tasks import ClassificationTasks, task_rng
-
-    spec = {**DEFAULTS, **spec}
-    device, cuda = spec["device"], spec["device"] == "cuda"
-    torch.set_num_threads(1)
-    images = np.random.default_rng(0).random((10, 20, 28, 28), dtype=np.float32)
-    task, warmup = (ClassificationTasks(images, ways=5, shots=1, queries=q).sample(task_rng(0, 0, 0, 0)).to(device) for q in (15, 1))
-    model = build_model("conv4", ways=5, width=spec["width"]).to(device)
-    name, options = VARIANTS[spec["variant"]]
-    algo = build_algorithm(name, model, "classification", inner_steps=spec["inner_steps"], inner_lr=0.4, **options)
-    params = {k: v.to(device) for k, v in algo.init(init_params(model, 0)).items()}
-    algo.task_grad(params, warmup)  # every module and kernel this variant uses is loaded before the baseline
-    if cuda:
+def extra_peak_mib(call, device: str) -> float:
+    """MiB above what was in use just before ``call()``, at its peak: the allocator's on CUDA, glibc's heap on CPU."""
+    if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        algo.task_grad(params, task)
+        call()
         torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base
-    else:
-        with PeakHeap() as heap:
-            algo.task_grad(params, task)
-        extra = heap.peak - heap.start
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with PeakHeap() as heap:
+        call()
+    return (heap.peak - heap.start) / 2**20
+
+
+def conv4_learner(name: str, inner_steps: int, inner_lr: float, width: int, device: str, **options):
+    """A 5-way conv4 learner of algorithm ``name`` and its initial parameters, on ``device``."""
+    from meta_core.registry import ALGORITHMS, MODELS
+
+    model = MODELS["conv4"].make((28, 28), 5, width=width).to(device)
+    algo = ALGORITHMS[name].make(model, "classification", inner_steps=inner_steps, inner_lr=inner_lr, **options)
+    return algo, {k: v.to(device) for k, v in algo.initial_params(0).items()}
+
+
+def omniglot_shaped_task(shots: int, queries: int, device: str):
+    """A 5-way task of random 28x28 images."""
+    from meta_core.tasks import ClassificationTasks, task_rng
+
+    images = np.random.default_rng(0).random((10, 20, 28, 28), dtype=np.float32)
+    return ClassificationTasks(images, ways=5, shots=shots, queries=queries).sample(task_rng(0, 0, 0, 0)).to(device)
+
+
+def measure(spec: dict) -> dict:
+    spec = {**DEFAULTS, **spec}
+    device = spec["device"]
+    torch.set_num_threads(1)
+    task, warmup = (omniglot_shaped_task(1, queries, device) for queries in (15, 1))
+    name, options = VARIANTS[spec["variant"]]
+    algo, params = conv4_learner(name, spec["inner_steps"], 0.4, spec["width"], device, **options)
+    algo.task_grad(params, warmup)  # every module and kernel this variant uses is loaded before the baseline
+    extra = extra_peak_mib(lambda: algo.task_grad(params, task), device)
     started = time.perf_counter()  # timed again, outside the measurement
     algo.task_grad(params, task)
     finished(device)
-    return {"mib": extra / 2**20, "s": time.perf_counter() - started}
+    return {"mib": extra, "s": time.perf_counter() - started}
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import workload
 from cluster.driver import Driver, connect
 from cluster.worker import MetaWorker, to_wire
-from meta_core.build import build_learner
 from meta_core.flat import flatten, layout_of
-from meta_core.models import init_params
+from pipelines.build import build_learner, worker_setup
 
 WARMUP = 2  # steps: the first takes any compiling, and step 0 the pre-adaptation variant
 
@@ -79,15 +78,14 @@ def table(here: dict, worker: dict, meta_batch: int, top: int = 15) -> list[str]
 def measure(name: str, device: str = "cpu", steps: int = 5, overrides=(), width: int = 64) -> tuple[dict, dict, int]:
     """``profiled_shares`` in this process and in a Ray worker, and the meta-batch."""
     config, splits = workload(name, width, 1, device, overrides)
-    meta_batch = config["train"]["meta_batch"]
-    algo = build_learner(config)
-    params = algo.init(init_params(algo.model, config["seed"]))
+    meta_batch, setup = config.train.meta_batch, worker_setup(config)
+    params = build_learner(config).initial_params(config.seed)
     flat, layout = to_wire(flatten(params).numpy()), layout_of(params)  # as the driver sends them
     connect(None)
-    driver = Driver(config, splits, layout)
+    driver = Driver(setup, config.cluster, splits, layout)
     in_worker = ray.get(driver.workers[0].__ray_call__.remote(profiled_shares, flat, meta_batch, steps))
     driver.shutdown()
-    here = profiled_shares(MetaWorker.__ray_actor_class__(config, splits, layout), flat, meta_batch, steps)
+    here = profiled_shares(MetaWorker(setup, splits, layout), flat, meta_batch, steps)
     return here, in_worker, meta_batch
 
 

@@ -44,33 +44,30 @@ def measure(spec: dict) -> dict:
     from cluster.allreduce import make_driver
     from cluster.driver import connect
     from cluster.worker import reuse_freed_memory
-    from meta_core.build import build_learner, build_source
     from meta_core.flat import flatten, layout_of
-    from meta_core.models import init_params
-    from meta_core.outer import make_optimizer
     from meta_core.step import draw, share_gradient
     from meta_core.tasks import TRAIN
+    from pipelines.build import build_learner, outer_loop, task_source, worker_setup
 
     spec = {**DEFAULTS, **spec}
     per_call, overrides = spec["per_call"], spec["overrides"]
     if per_call > 1:
         overrides = [*overrides, "cluster.aggregation=allreduce", f"cluster.steps_per_call={per_call}"]
     config, splits = workload(spec["workload"], spec["width"], spec["workers"], spec["device"], overrides)
-    train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
+    train, seed, device = config.train, config.seed, torch.device(spec["device"])
     if spec["threads"]:  # else torch's default, as in the pipeline's driver: setting it there starts OpenMP
         torch.set_num_threads(spec["threads"])  # threads that spin-wait on the cores the workers compute on
     if spec["reuse_memory"] or spec["mode"] in ("loop", "vmap"):
         reuse_freed_memory()
     algo = build_learner(config)
-    algo.track_pre_adapt = False  # as workers do on all but every train.pre_adapt_every-th step; the baseline has none
-    params = algo.init(init_params(algo.model, seed))
+    params = algo.initial_params(seed)
     flat, layout = flatten(params).clone(), layout_of(params)
-    source = build_source(config, splits["train"])
-    tasks = range(train["meta_batch"])
+    source = task_source(config, splits["train"])
+    tasks = range(train.meta_batch)
     result = {"bytes": 0, "worker_mib": 0.0, "gpu_mib": 0.0}
     if spec["mode"] == "baseline":
         weights = [w.to(device) for w in params.values()]
-        baseline = BaselineMAML(config["model"]["name"], weights, config["algorithm"]["inner_lr"], algo.inner_steps, train["outer_lr"], compiled=spec["compile"])
+        baseline = BaselineMAML(config.model.name, weights, config.algorithm.inner_lr, algo.inner_steps, train.outer_lr, compiled=spec["compile"])
         first = draw(source, seed, TRAIN, 0, [0], device)[0]
         failure = warm_up(baseline, first)
         if failure:
@@ -81,25 +78,25 @@ def measure(spec: dict) -> dict:
     elif spec["mode"] in ("loop", "vmap"):  # what one worker does, in this process
         algo.model.to(device)
         flat = flat.to(device)
-        optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
+        optimizer = outer_loop(config).make_optimizer(flat)
 
-        def step(i: int) -> None:
-            grad, _ = share_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap", train["compile"])
-            flat.grad = (grad / train["meta_batch"]).float()
+        def step(i: int) -> None:  # without pre-adaptation metrics, as workers on all but every train.pre_adapt_every-th step
+            grad, _ = share_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap", train.compile, pre_adapt=False)
+            flat.grad = (grad / train.meta_batch).float()
             optimizer.step()
     else:
         import ray
 
         connect(None)
-        driver = make_driver(config, splits, layout)
-        optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
+        driver = make_driver(worker_setup(config), config.cluster, splits, layout)
+        optimizer = outer_loop(config).make_optimizer(flat)
 
         step = lambda i: driver.steps(flat, optimizer, i * per_call, per_call)  # noqa: E731
         n, workers = flat.numel(), spec["workers"]
         if per_call == 1:  # parameters to each worker (float32), one float32 gradient back from each
             result["bytes"] = 2 * 4 * n * workers
         else:  # parameters and optimizer state back from rank 0 once a call; each rank's 2(N-1)/N gradients into the ring
-            held = 3 if train["optimizer"] == "adam" else 1
+            held = 3 if train.optimizer == "adam" else 1
             result["bytes"] = held * 4 * n / per_call + 8 * n * (workers - 1)
     result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"], spec["device"]) / per_call
     result["gpu_mib"] = peak_gpu_mib()

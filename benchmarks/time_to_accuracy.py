@@ -37,39 +37,36 @@ def measure(spec: dict) -> dict:
     from benchmarks.baseline import BaselineMAML, warm_up
     from cluster.driver import Driver, connect
     from cluster.worker import reuse_freed_memory
-    from meta_core.build import build_learner, build_source
     from meta_core.flat import flatten, layout_of
-    from meta_core.models import init_params
-    from meta_core.outer import make_optimizer
     from meta_core.step import draw, evaluate_tasks
     from meta_core.tasks import EVAL, TRAIN
+    from pipelines.build import build_learner, outer_loop, task_source, worker_setup
 
     spec = {**DEFAULTS, **spec}
-    config, splits = workload("omniglot", spec["width"], spec["workers"], spec["device"])
-    train, seed, device = config["train"], config["seed"], torch.device(spec["device"])
-    train["compile"] = spec["compile"]
+    config, splits = workload("omniglot", spec["width"], spec["workers"], spec["device"], [f"train.compile={str(spec['compile']).lower()}"])
+    train, seed, device = config.train, config.seed, torch.device(spec["device"])
     algo = build_learner(config)
-    params = algo.init(init_params(algo.model, seed))
+    params = algo.initial_params(seed)
     layout, flat = layout_of(params), flatten(params).clone()
-    sources = {name: build_source(config, images) for name, images in splits.items()}
+    sources = {name: task_source(config, images) for name, images in splits.items()}
     algo.model.to(device)  # evaluation runs where training does
     started = time.perf_counter()
     if spec["side"] == "baseline":
         if spec["reuse_memory"]:
             reuse_freed_memory()
         weights = [w.to(device) for w in params.values()]
-        baseline = BaselineMAML("conv4", weights, config["algorithm"]["inner_lr"], 1, train["outer_lr"], compiled=spec["compile"])
+        baseline = BaselineMAML("conv4", weights, config.algorithm.inner_lr, 1, train.outer_lr, compiled=spec["compile"])
         failure = warm_up(baseline, draw(sources["train"], seed, TRAIN, 0, [0], device)[0])
         if failure:
             return {"failure": failure}
-        step = lambda i: baseline.step(draw(sources["train"], seed, TRAIN, i, range(train["meta_batch"]), device))  # noqa: E731
+        step = lambda i: baseline.step(draw(sources["train"], seed, TRAIN, i, range(train.meta_batch), device))  # noqa: E731
         current = lambda: torch.cat([w.detach().reshape(-1) for w in baseline.weights])  # noqa: E731
     else:
         connect(None)
-        driver = Driver(config, splits, layout)
+        driver = Driver(worker_setup(config), config.cluster, splits, layout)
         copy = flat.clone()
-        driver.steps(copy, make_optimizer(train["optimizer"], copy, train["outer_lr"]), 0, 2)
-        optimizer = make_optimizer(train["optimizer"], flat, train["outer_lr"])
+        driver.steps(copy, outer_loop(config).make_optimizer(copy), 0, 2)
+        optimizer = outer_loop(config).make_optimizer(flat)
 
         step = lambda i: driver.steps(flat, optimizer, i, 1)  # noqa: E731
         current = lambda: flat.detach().to(device)  # noqa: E731

@@ -15,8 +15,6 @@ from typing import Any
 
 import yaml
 
-import data  # noqa: F401  (registers the data sets)
-import meta_core.algorithms  # noqa: F401  (registers the algorithms; importing meta_core.models registers the models)
 from cluster.config import ClusterConfig
 from data.registry import DATASETS, DataConfig, DatasetSpec
 from meta_core.registry import ALGORITHMS, MODELS, AlgorithmSpec, ModelSpec, Option, is_int, is_number
@@ -106,11 +104,11 @@ class Config:
             out[section].update(out[section].pop("options"))
         return plain(out)
 
-    def with_overrides(self, *overrides: str) -> "Config":
-        """This config with ``--set``-style overrides, validated again."""
+    def with_values(self, values: Mapping[str, Any]) -> "Config":
+        """This config with each dotted key of ``values`` set, as ``--set`` would set it; validated again."""
         config = self.as_dict()
-        for item in overrides:
-            config = merge(config, parse_override(item))
+        for key, value in values.items():
+            config = merge(config, nested(key, value))
         return from_dict(config)
 
 
@@ -186,8 +184,12 @@ def parse_override(item: str) -> dict:
     if "=" not in item:
         raise ConfigError(f"--set {item}: expected KEY=VALUE, for example train.steps=100")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
-    for part in reversed(key.strip().split(".")):
+    return nested(key.strip(), yaml.safe_load(raw) if raw else None)
+
+
+def nested(key: str, value) -> dict:
+    """``("a.b", 3)`` -> ``{"a": {"b": 3}}``."""
+    for part in reversed(key.split(".")):
         value = {part: value}
     return value
 

@@ -11,9 +11,10 @@ import torch
 
 from benchmarks.baseline import BaselineMAML, warm_up
 from benchmarks.call_latency import extra_ms, spin
-from benchmarks.common import HELD_OUT, ROOT, omniglot_data
+from benchmarks.common import ROOT, omniglot_data
 from benchmarks.memory import measure
-from meta_core.models import build_model, init_params
+from meta_core.models import init_params
+from meta_core.registry import MODELS
 from meta_core.step import draw
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
 from pipelines.config import CONFIG_DIR, load
@@ -49,10 +50,10 @@ def test_call_latency_counts_only_what_a_call_takes_beyond_its_work():
 def baseline_and_tasks(network: str, compiled: bool) -> tuple[BaselineMAML, list]:
     """A second-order baseline on a small model, and four of its tasks."""
     if network == "mlp":
-        model, source = build_model("mlp"), SinusoidTasks(5, 5)
+        model, source = MODELS["mlp"].make((1,), 1), SinusoidTasks(5, 5)
     else:
         images = np.random.default_rng(0).random((12, 6, 28, 28), dtype=np.float32)
-        model, source = build_model("conv4", ways=3, width=8), ClassificationTasks(images, 3, 1, 2)
+        model, source = MODELS["conv4"].make((28, 28), 3, width=8), ClassificationTasks(images, 3, 1, 2)
     baseline = BaselineMAML(network, list(init_params(model, 0).values()), 0.1, 2, 1e-3, compiled=compiled)
     return baseline, draw(source, 0, TRAIN, 3, range(4))
 
@@ -87,6 +88,6 @@ def test_omniglot_benchmarks_read_their_zips_from_omniglot_dir_else_the_official
     monkeypatch.setenv("OMNIGLOT_DIR", "/data/omniglot")
     assert omniglot_data()[0] == "data.source=/data/omniglot"
     monkeypatch.delenv("OMNIGLOT_DIR")
-    data = load(str(CONFIG_DIR / "omniglot.yaml"), omniglot_data())["data"]  # every override is a key the config knows
-    assert data["source"] == ["images_background_small1", "images_background_small2"]
-    assert (data["split"], data[HELD_OUT.removeprefix("data.")]) == ("group", 0.25)
+    data = load(str(CONFIG_DIR / "omniglot.yaml"), omniglot_data()).data  # every override is a key the config knows
+    assert data.source == ("images_background_small1", "images_background_small2")
+    assert (data.split, data.test_size) == ("group", 0.25)

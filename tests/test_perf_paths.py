@@ -162,7 +162,7 @@ def test_allreduce_path_trains_as_the_driver_path_at_any_steps_per_call(ray_loca
     initial, splits, steps = flatten(params), {"train": None, "test": None}, 6
     trained = {}
     for aggregation, per_call in (("driver", 1), ("allreduce", 1), ("allreduce", 3)):
-        config = base.with_overrides(f"cluster.aggregation={aggregation}", f"cluster.steps_per_call={per_call}")
+        config = base.with_values({"cluster.aggregation": aggregation, "cluster.steps_per_call": per_call})
         flat = initial.clone()
         optimizer = outer_loop(config).make_optimizer(flat)
         driver = make_driver(worker_setup(config), config.cluster, splits, layout_of(params))
