@@ -60,12 +60,17 @@ def measure(spec: dict) -> dict:
     setup = worker_setup(config)
     for size in spec["sizes"]:
         layout = [("flat", (size,))]  # one parameter vector of that size
-        drivers = [Driver(setup, config.cluster, splits, layout, FreeWorker), AllreduceDriver(setup, config.cluster, splits, layout, FreeAllreduceWorker)]
+        drivers = [
+            Driver(setup, config.cluster, splits, layout, FreeWorker),
+            AllreduceDriver(setup, config.cluster, splits, layout, FreeAllreduceWorker),
+        ]
         seconds = []
         for d in drivers:
             flat = torch.from_numpy(np.random.default_rng(size).standard_normal(size, dtype=np.float32))
             optimizer = outer_loop(config).make_optimizer(flat)
-            seconds.append(median_seconds(lambda i, d=d, flat=flat, optimizer=optimizer: d.steps(flat, optimizer, i, 1), spec["steps"], spec["warmup"]))
+            seconds.append(
+                median_seconds(lambda i, d=d, flat=flat, optimizer=optimizer: d.steps(flat, optimizer, i, 1), spec["steps"], spec["warmup"])
+            )
         rows.append({"params": size, "driver_s": seconds[0], "allreduce_s": seconds[1]})
         for d in drivers:
             d.shutdown()

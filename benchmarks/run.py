@@ -37,7 +37,8 @@ def throughput(args) -> list[str]:
     # (on one card only at one worker: nccl needs a whole GPU per rank)
     per_call_rows = [
         (f"ray x{n} {args.per_call}/call", {"mode": "ray", "workers": n, "per_call": args.per_call})
-        for n in args.workers if args.device == "cpu" or n == 1
+        for n in args.workers
+        if args.device == "cpu" or n == 1
     ]
     gpu = args.device == "cuda"
     if gpu:
@@ -144,7 +145,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts of the pipeline rows")
     parser.add_argument("--per-call", type=int, default=50, help="meta-steps per call of the sinusoid's all-reduce rows (1: no such rows)")
     parser.add_argument("--cores", type=int, default=2, help="cores for the matmul peak")
-    parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per throughput row, after two warm-up steps (10x both for the sinusoid)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed meta-steps per throughput row, after two warm-up steps (10x both for the sinusoid)"
+    )
     parser.add_argument("--width", type=int, default=64, help="conv4 filters, throughput and memory")
     parser.add_argument("--target", type=float, default=0.5, help="held-out accuracy to reach (the issue asks 0.9)")
     parser.add_argument("--tta-width", type=int, default=16, help="conv4 filters for time-to-accuracy")

@@ -25,7 +25,18 @@ import torch
 
 from benchmarks.common import median_seconds, peak_gpu_mib, peak_rss_mib, workload
 
-DEFAULTS = {"workers": 1, "per_call": 1, "threads": 0, "steps": 5, "warmup": 2, "width": 64, "device": "cpu", "reuse_memory": False, "compile": False, "overrides": []}
+DEFAULTS = {
+    "workers": 1,
+    "per_call": 1,
+    "threads": 0,
+    "steps": 5,
+    "warmup": 2,
+    "width": 64,
+    "device": "cpu",
+    "reuse_memory": False,
+    "compile": False,
+    "overrides": [],
+}
 
 
 def task_gflop(baseline, task) -> float:

@@ -14,11 +14,25 @@ def point_goals(shape: TaskShape, examples: None, adapt_steps: int) -> PointGoal
     return PointGoals(shape.shots, shape.horizon, adapt_steps + 1)
 
 
-register_dataset(DatasetSpec(
-    "sinusoid", "regression", "y = A sin(x - phase), the MAML paper's regression tasks",
-    tasks=sinusoid_tasks, example=lambda data: ("vectors", (1,)), outputs=lambda shape: 1, default_model=lambda data: "mlp",
-))
-register_dataset(DatasetSpec(
-    "pointnav", "rl", "2D point navigation to a goal (the MAML paper's section 5.3)",
-    tasks=point_goals, example=lambda data: ("observations", (2,)), outputs=lambda shape: 2, default_model=lambda data: "policy",
-))
+register_dataset(
+    DatasetSpec(
+        "sinusoid",
+        "regression",
+        "y = A sin(x - phase), the MAML paper's regression tasks",
+        tasks=sinusoid_tasks,
+        example=lambda data: ("vectors", (1,)),
+        outputs=lambda shape: 1,
+        default_model=lambda data: "mlp",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "pointnav",
+        "rl",
+        "2D point navigation to a goal (the MAML paper's section 5.3)",
+        tasks=point_goals,
+        example=lambda data: ("observations", (2,)),
+        outputs=lambda shape: 2,
+        default_model=lambda data: "policy",
+    )
+)

@@ -75,12 +75,16 @@ def collect(path: Path, entries, size: int) -> Classes:
     return classes
 
 
-register_dataset(DatasetSpec(
-    "omniglot", "classification", "handwritten characters of 50 alphabets (Lake et al. 2015), 20 drawings each",
-    tasks=classification_tasks,
-    outputs=ways,
-    example=lambda data: ("images", (data.image_size, data.image_size)),
-    default_model=lambda data: "conv4",
-    read=read,
-    sources="an official set's name (images_background, images_evaluation, images_background_small1/2), a zip, a folder of zips or of <alphabet>/<character>/*.png, a URL",
-))
+register_dataset(
+    DatasetSpec(
+        "omniglot",
+        "classification",
+        "handwritten characters of 50 alphabets (Lake et al. 2015), 20 drawings each",
+        tasks=classification_tasks,
+        outputs=ways,
+        example=lambda data: ("images", (data.image_size, data.image_size)),
+        default_model=lambda data: "conv4",
+        read=read,
+        sources="an official set's name (images_background, images_evaluation, images_background_small1/2), a zip, a folder of zips or of <alphabet>/<character>/*.png, a URL",
+    )
+)

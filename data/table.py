@@ -64,7 +64,8 @@ def read(path: Path, data: DataConfig) -> Classes:
     rows = features(table, path, list(data.features)) if data.features else images(table, path, data.image_column, data.image_size)
     keys = zip(
         pc.cast(groups, pa.string()).to_pylist() if groups is not None else [""] * len(table),
-        pc.cast(labels, pa.string()).to_pylist(), strict=True,
+        pc.cast(labels, pa.string()).to_pylist(),
+        strict=True,
     )
     classes: Classes = {}
     for key, row in zip(keys, rows, strict=True):
@@ -80,13 +81,17 @@ def check(data: DataConfig) -> str | None:
     return None
 
 
-register_dataset(DatasetSpec(
-    "table", "classification", "a user's own few-shot problem: one row per example, with images or numeric features",
-    tasks=classification_tasks,
-    outputs=ways,
-    example=lambda data: ("vectors", (len(data.features),)) if data.features else ("images", (data.image_size, data.image_size)),
-    default_model=lambda data: "mlp" if data.features else "conv4",
-    read=read,
-    check=check,
-    sources="a .parquet or .csv table (data/README.md), or a list of them",
-))
+register_dataset(
+    DatasetSpec(
+        "table",
+        "classification",
+        "a user's own few-shot problem: one row per example, with images or numeric features",
+        tasks=classification_tasks,
+        outputs=ways,
+        example=lambda data: ("vectors", (len(data.features),)) if data.features else ("images", (data.image_size, data.image_size)),
+        default_model=lambda data: "mlp" if data.features else "conv4",
+        read=read,
+        check=check,
+        sources="a .parquet or .csv table (data/README.md), or a list of them",
+    )
+)

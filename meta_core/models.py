@@ -49,9 +49,7 @@ class Conv4(nn.Module):
 
     def __init__(self, ways: int, width: int = 64, channels: int = 1, image_size: int = 28):
         super().__init__()
-        self.body = nn.Sequential(
-            conv_block(channels, width), conv_block(width, width), conv_block(width, width), conv_block(width, width)
-        )
+        self.body = nn.Sequential(conv_block(channels, width), conv_block(width, width), conv_block(width, width), conv_block(width, width))
         side = image_size
         for _ in range(4):
             side //= 2
@@ -77,17 +75,32 @@ class GaussianPolicy(nn.Module):
         return self.head(self.body(x))
 
 
-MLP_SPEC = register_model(ModelSpec(
-    "mlp", lambda shape, outputs: MLP(shape[-1], outputs), "two 40-unit ReLU layers (the MAML paper's sinusoid regressor)", inputs=("vectors",),
-))
-CONV4_SPEC = register_model(ModelSpec(
-    "conv4", lambda shape, outputs, width: Conv4(outputs, width, image_size=shape[-1]), "four 3x3 conv blocks and a linear head",
-    inputs=("images",), options=(positive_int("width", 64, "filters per layer"),),
-))
-POLICY_SPEC = register_model(ModelSpec(
-    "policy", lambda shape, outputs, width: GaussianPolicy(width, shape[-1], outputs), "a Gaussian MLP policy",
-    inputs=("observations",), options=(positive_int("width", 100, "hidden units per layer"),),
-))
+MLP_SPEC = register_model(
+    ModelSpec(
+        "mlp",
+        lambda shape, outputs: MLP(shape[-1], outputs),
+        "two 40-unit ReLU layers (the MAML paper's sinusoid regressor)",
+        inputs=("vectors",),
+    )
+)
+CONV4_SPEC = register_model(
+    ModelSpec(
+        "conv4",
+        lambda shape, outputs, width: Conv4(outputs, width, image_size=shape[-1]),
+        "four 3x3 conv blocks and a linear head",
+        inputs=("images",),
+        options=(positive_int("width", 64, "filters per layer"),),
+    )
+)
+POLICY_SPEC = register_model(
+    ModelSpec(
+        "policy",
+        lambda shape, outputs, width: GaussianPolicy(width, shape[-1], outputs),
+        "a Gaussian MLP policy",
+        inputs=("observations",),
+        options=(positive_int("width", 100, "hidden units per layer"),),
+    )
+)
 
 
 def init_params(model: nn.Module, seed: int) -> Params:

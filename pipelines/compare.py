@@ -37,21 +37,23 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
         metric, value, ci95 = headline(r)
-        rows.append({
-            "run_id": r["run_id"],
-            "run_name": r.get("tags.mlflow.runName"),
-            "algorithm": r.get("tags.algorithm"),
-            "dataset": r.get("tags.dataset"),
-            "ways": r.get("tags.ways"),
-            "shots": r.get("tags.shots"),
-            "workers": r.get("tags.workers"),
-            "metric": metric,
-            "value": value,
-            "ci95": ci95,
-            "tasks_per_s": r.get("metrics.train_tasks_per_s"),
-            "wall_s": (r["end_time"] - r["start_time"]).total_seconds() if pd.notna(r["end_time"]) else float("nan"),
-            "status": r["status"],
-        })
+        rows.append(
+            {
+                "run_id": r["run_id"],
+                "run_name": r.get("tags.mlflow.runName"),
+                "algorithm": r.get("tags.algorithm"),
+                "dataset": r.get("tags.dataset"),
+                "ways": r.get("tags.ways"),
+                "shots": r.get("tags.shots"),
+                "workers": r.get("tags.workers"),
+                "metric": metric,
+                "value": value,
+                "ci95": ci95,
+                "tasks_per_s": r.get("metrics.train_tasks_per_s"),
+                "wall_s": (r["end_time"] - r["start_time"]).total_seconds() if pd.notna(r["end_time"]) else float("nan"),
+                "status": r["status"],
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -220,13 +220,19 @@ NON_NEGATIVE_NUMBER: Rule = ("a non-negative number", lambda v: is_number(v) and
 BOOLEAN: Rule = one_of(True, False)
 NAME: Rule = ("a non-empty string", lambda v: isinstance(v, str) and bool(v))
 OPTIONAL_NAME: Rule = ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and bool(v)))
-HELD_OUT: Rule = ("a fraction between 0 and 1 or a whole number of groups (or classes)", lambda v: (is_number(v) and 0 < v < 1) or (is_int(v) and v >= 1))
+HELD_OUT: Rule = (
+    "a fraction between 0 and 1 or a whole number of groups (or classes)",
+    lambda v: (is_number(v) and 0 < v < 1) or (is_int(v) and v >= 1),
+)
 
 RULES: dict[str, Rule] = {
     "seed": NON_NEGATIVE_INT,
     "experiment": NAME,
     "run_name": OPTIONAL_NAME,
-    "data.source": ("a path, a name or a URL, a list of them, or null", lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(s, str) for s in v))),
+    "data.source": (
+        "a path, a name or a URL, a list of them, or null",
+        lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(s, str) for s in v)),
+    ),
     "data.split": one_of("group", "class"),
     "data.test_size": HELD_OUT,
     "data.val_size": ("0, a fraction between 0 and 1, or a whole number of groups (or classes)", lambda v: v == 0 and is_int(v) or HELD_OUT[1](v)),
@@ -235,7 +241,10 @@ RULES: dict[str, Rule] = {
     "data.label_column": NAME,
     "data.image_column": NAME,
     "data.group_column": OPTIONAL_NAME,
-    "data.features": ("a non-empty list of column names or null", lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v))),
+    "data.features": (
+        "a non-empty list of column names or null",
+        lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v)),
+    ),
     "data.cache_dir": OPTIONAL_NAME,
     "task.ways": POSITIVE_INT,
     "task.shots": POSITIVE_INT,
@@ -320,15 +329,21 @@ def from_dict(config: dict) -> Config:
     model = ModelConfig(model_name, spec_options("model", raw_model, ("name",), model_name, model_spec.options))
     inputs, _ = dataset.example(data_config)
     if inputs not in model_spec.inputs:
-        raise ConfigError(f"config key 'model.name': model '{model_name}' reads {', '.join(model_spec.inputs)}, data set '{dataset.name}' gives {inputs}")
+        raise ConfigError(
+            f"config key 'model.name': model '{model_name}' reads {', '.join(model_spec.inputs)}, data set '{dataset.name}' gives {inputs}"
+        )
 
     raw_algorithm = config["algorithm"]
     named("algorithm.name", raw_algorithm["name"], ALGORITHMS)
     spec = ALGORITHMS[raw_algorithm["name"]]
     common = ("name", "inner_steps", "inner_lr", "checkpoint_inner")
-    algorithm = AlgorithmConfig(**{k: raw_algorithm[k] for k in common}, options=spec_options("algorithm", raw_algorithm, common, spec.name, spec.options))
+    algorithm = AlgorithmConfig(
+        **{k: raw_algorithm[k] for k in common}, options=spec_options("algorithm", raw_algorithm, common, spec.name, spec.options)
+    )
     if dataset.kind not in spec.kinds:
-        raise ConfigError(f"config key 'algorithm.name': '{spec.name}' learns {' and '.join(spec.kinds)} tasks, data set '{dataset.name}' is {dataset.kind}")
+        raise ConfigError(
+            f"config key 'algorithm.name': '{spec.name}' learns {' and '.join(spec.kinds)} tasks, data set '{dataset.name}' is {dataset.kind}"
+        )
     if spec.models and model_name not in spec.models:
         raise ConfigError(f"config key 'model.name': algorithm '{spec.name}' runs with {', '.join(spec.models)}, got '{model_name}'")
     if algorithm.checkpoint_inner and not spec.checkpointable:

@@ -12,7 +12,10 @@ def describe() -> str:
     lines = ["algorithms (algorithm.name), with their own options under algorithm:"]
     for spec in ALGORITHMS.values():
         adapts = "gradient steps" if spec.inner_loop else "reading the support set"
-        lines.append(f"  {spec.name}: {spec.summary}; adapts by {adapts}; {', '.join(spec.kinds)}" + (f"; models: {', '.join(spec.models)}" if spec.models else ""))
+        lines.append(
+            f"  {spec.name}: {spec.summary}; adapts by {adapts}; {', '.join(spec.kinds)}"
+            + (f"; models: {', '.join(spec.models)}" if spec.models else "")
+        )
         lines += options(spec.options)
     lines.append("models (model.name), with their own options under model:")
     for spec in MODELS.values():

@@ -40,7 +40,8 @@ def test_driver_gradient_is_the_single_process_mean_over_the_meta_batch(ray_loca
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "aggregation, workers, per_call", [("driver", 1, 1), ("driver", WORKERS, 1), ("allreduce", 1, 1), ("allreduce", WORKERS, 1), ("allreduce", WORKERS, 2)]
+    "aggregation, workers, per_call",
+    [("driver", 1, 1), ("driver", WORKERS, 1), ("allreduce", 1, 1), ("allreduce", WORKERS, 1), ("allreduce", WORKERS, 2)],
 )
 def test_sgd_steps_end_where_a_single_process_ends(ray_local, aggregation, workers, per_call):
     cfg = config(f"cluster.workers={workers}", f"cluster.aggregation={aggregation}", f"cluster.steps_per_call={per_call}")

@@ -27,5 +27,7 @@ def test_rayjob_entrypoint_is_a_valid_pipeline_config():
     assert argv[:4] == ["python", "-m", "pipelines", "run"]
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     config = load(argv[4], overrides)
-    gpus_per_node = int(job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    gpus_per_node = int(
+        job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    )
     assert config.cluster.workers * config.cluster.num_gpus <= gpus_per_node

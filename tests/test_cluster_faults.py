@@ -85,7 +85,8 @@ def faulty_in_group(marker: Path, fault: str):
 
 
 @pytest.mark.parametrize(
-    "fault, seen_as, per_call", [("killed", "ActorDiedError|RayTaskError", 1), ("straggling", "GetTimeoutError", 1), ("killed", "ActorDiedError|RayTaskError", 2)]
+    "fault, seen_as, per_call",
+    [("killed", "ActorDiedError|RayTaskError", 1), ("straggling", "GetTimeoutError", 1), ("killed", "ActorDiedError|RayTaskError", 2)],
 )
 def test_allreduce_call_that_fails_is_computed_again_by_a_new_group_and_parameters_match(ray_local, tmp_path, fault, seen_as, per_call):
     cfg = config("cluster.workers=2", "cluster.aggregation=allreduce", "cluster.share_timeout_s=5", f"cluster.steps_per_call={per_call}")

@@ -47,14 +47,28 @@ def cluster(tmp_path):
     def start(*args: str, name: str) -> None:
         temp = Path(os.path.realpath("/tmp")) / f"rt{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit
         log = open(tmp_path / f"{name}.log", "w")
-        started.append((subprocess.Popen(
-            [str(VENV_BIN / "ray"), "start", "--block", "--num-cpus=1", f"--temp-dir={temp}", *node_ports(), *args],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ), temp))
+        started.append(
+            (
+                subprocess.Popen(
+                    [str(VENV_BIN / "ray"), "start", "--block", "--num-cpus=1", f"--temp-dir={temp}", *node_ports(), *args],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+                temp,
+            )
+        )
 
     try:
-        start("--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-              f"--ray-client-server-port={free_port()}", name="head")
+        start(
+            "--head",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={free_port()}",
+            name="head",
+        )
         url = f"http://127.0.0.1:{dashboard}"
         version = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
         wait_for(lambda: urllib.request.urlopen(version, timeout=2), 90)
@@ -96,10 +110,32 @@ def test_submitted_job_runs_on_both_nodes_and_is_tracked(cluster, tmp_path):
     url, env = cluster
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines", "submit", "sinusoid", "--tracking-uri", store, "--address", url,
-         "--set", "train.steps=4", "--set", "train.meta_batch=4", "--set", "eval.tasks=4", "--set", "cluster.workers=2",
-         "--set", "experiment=submitted"],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "submit",
+            "sinusoid",
+            "--tracking-uri",
+            store,
+            "--address",
+            url,
+            "--set",
+            "train.steps=4",
+            "--set",
+            "train.meta_batch=4",
+            "--set",
+            "eval.tasks=4",
+            "--set",
+            "cluster.workers=2",
+            "--set",
+            "experiment=submitted",
+        ],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "SUCCEEDED" in out.stdout
@@ -111,10 +147,18 @@ def test_submitted_job_runs_on_both_nodes_and_is_tracked(cluster, tmp_path):
 
     actors = subprocess.run(
         [str(VENV_BIN / "ray"), "list", "actors", "--address", url, "--filter", "class_name=MetaWorker", "--detail", "--format", "json"],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     nodes = subprocess.run(
         [str(VENV_BIN / "ray"), "list", "nodes", "--address", url, "--format", "json"],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert len({a["node_id"] for a in json.loads(actors.stdout)}) == 2 == len(json.loads(nodes.stdout))

@@ -33,7 +33,9 @@ from tests.omniglot_data import small_set_overrides
 
 
 def config(tmp_path: Path, source, *overrides: str) -> dict:
-    return load(str(CONFIG_DIR / "omniglot.yaml"), [*small_set_overrides(source), "data.rotations=false", f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+    return load(
+        str(CONFIG_DIR / "omniglot.yaml"), [*small_set_overrides(source), "data.rotations=false", f"data.cache_dir={tmp_path / 'cache'}", *overrides]
+    )
 
 
 def omniglot_folder(omniglot, root: Path, alphabets: int = 4, characters: int = 3, drawings: int = 6) -> Path:
@@ -58,7 +60,10 @@ def png(value: int = 0, size: int = 32) -> bytes:
 
 
 def split_labels(folder: Path) -> dict[str, set[str]]:
-    return {split: set(pq.read_table(folder / f"{split}.parquet", columns=["label"]).column("label").to_pylist()) for split in data.split_names(data.manifest_of(folder))}
+    return {
+        split: set(pq.read_table(folder / f"{split}.parquet", columns=["label"]).column("label").to_pylist())
+        for split in data.split_names(data.manifest_of(folder))
+    }
 
 
 def built(tmp_path: Path) -> list[Path]:
@@ -122,8 +127,18 @@ def test_user_tables_of_features_and_of_image_bytes(tmp_path):
     rng = np.random.default_rng(0)
     rows = pd.DataFrame({"label": np.repeat([f"c{i}" for i in range(6)], 5), "f1": rng.normal(size=30), "f2": rng.normal(size=30)})
     rows.to_csv(tmp_path / "features.csv", index=False)
-    cfg = config(tmp_path, tmp_path / "features.csv", "data.name=table", "data.split=class", "data.features=[f1, f2]",
-                 "model.name=null", "model.width=null", "task.ways=2", "task.shots=1", "task.queries=2")
+    cfg = config(
+        tmp_path,
+        tmp_path / "features.csv",
+        "data.name=table",
+        "data.split=class",
+        "data.features=[f1, f2]",
+        "model.name=null",
+        "model.width=null",
+        "task.ways=2",
+        "task.shots=1",
+        "task.queries=2",
+    )
     features = data.load_splits(prepared(cfg))
     assert features["train"].shape[1:] == (5, 2) and features["train"].shape[0] + features["test"].shape[0] == 6
     learner = build_learner(cfg)  # the data set's default model for features: the MLP, two features in, one logit per way out
@@ -132,11 +147,20 @@ def test_user_tables_of_features_and_of_image_bytes(tmp_path):
     every = np.concatenate([features["train"], features["test"]]).reshape(-1, 2)
     assert sorted(map(tuple, every)) == sorted(map(tuple, rows[["f1", "f2"]].to_numpy(np.float32)))
 
-    images = pd.DataFrame({"label": np.repeat(range(4), 3), "group": np.repeat(["a", "a", "b", "b"], 3),
-                           "image": [png(value) for value in range(0, 240, 20)]})
+    images = pd.DataFrame(
+        {"label": np.repeat(range(4), 3), "group": np.repeat(["a", "a", "b", "b"], 3), "image": [png(value) for value in range(0, 240, 20)]}
+    )
     images.to_parquet(tmp_path / "images.parquet")
-    cfg = config(tmp_path, tmp_path / "images.parquet", "data.name=table", "data.group_column=group", "data.test_size=0.5",
-                 "task.ways=2", "task.shots=1", "task.queries=2")
+    cfg = config(
+        tmp_path,
+        tmp_path / "images.parquet",
+        "data.name=table",
+        "data.group_column=group",
+        "data.test_size=0.5",
+        "task.ways=2",
+        "task.shots=1",
+        "task.queries=2",
+    )
     splits = data.load_splits(prepared(cfg))
     assert splits["train"].shape == (2, 3, 28, 28) and splits["test"].shape == (2, 3, 28, 28)
     assert {round(float(v) * 255) for v in np.concatenate([splits["train"], splits["test"]])[:, :, 0, 0].ravel()} == set(range(0, 240, 20))
@@ -301,7 +325,9 @@ def test_an_official_set_by_name_is_downloaded_once_verified_and_reused(tmp_path
     assert RangeHandler.ranges == [None] and data.manifest_of(first)["digest"] == data.manifest_of(again)["digest"]
     assert (tmp_path / "cache" / "downloads" / "images_evaluation.zip").read_bytes() == omniglot.zips[1].read_bytes()
 
-    with pytest.raises(data.DataError, match=f"images_background.zip: md5 [0-9a-f]{{32}} does not match the expected {OMNIGLOT_CHECKSUMS['images_background'][4:]}"):
+    with pytest.raises(
+        data.DataError, match=f"images_background.zip: md5 [0-9a-f]{{32}} does not match the expected {OMNIGLOT_CHECKSUMS['images_background'][4:]}"
+    ):
         prepared(config(tmp_path, "images_background"))
     assert sorted(p.name for p in (tmp_path / "cache" / "downloads").iterdir()) == ["images_evaluation.zip"]
 

@@ -40,11 +40,21 @@ def episodes_folder(omniglot, root, runs: int = 2, ways: int = WAYS):
 
 @pytest.mark.slow
 def test_omniglot_5way_1shot_trains_from_parquet_on_held_out_alphabets_then_scores_episodes(ray_local, tracking, tmp_path, omniglot):
-    config = load(str(CONFIG_DIR / "omniglot.yaml"), [
-        *omniglot.overrides(), f"data.cache_dir={tmp_path / 'cache'}", "model.width=8", "train.steps=3",
-        "train.meta_batch=4", "task.queries=2", "eval.tasks=4", "eval.steps=[1]", "cluster.workers=1",
-        "train.compile=false",
-    ])
+    config = load(
+        str(CONFIG_DIR / "omniglot.yaml"),
+        [
+            *omniglot.overrides(),
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "model.width=8",
+            "train.steps=3",
+            "train.meta_batch=4",
+            "task.queries=2",
+            "eval.tasks=4",
+            "eval.steps=[1]",
+            "cluster.workers=1",
+            "train.compile=false",
+        ],
+    )
     parent = mlflow.get_run(run(config, tracking))
     assert parent.info.status == "FINISHED"
     manifest = data.manifest_of(prepared(config))

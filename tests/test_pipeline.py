@@ -19,9 +19,7 @@ def trained_params(run_id: str) -> dict:
 
 def child_runs(run_id: str):
     parent = mlflow.get_run(run_id)
-    return mlflow.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", output_format="list"
-    )
+    return mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", output_format="list")
 
 
 def test_final_parameters_do_not_depend_on_the_number_of_workers(ray_local, tracking):

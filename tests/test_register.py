@@ -75,8 +75,10 @@ def test_alias_moves_only_to_a_version_that_beats_the_champion(trained):
     assert client.get_model_version("sine-race", "2").tags["eval_post_adapt_loss"] == "2.0"
 
     accuracy = {**metrics, "eval_steps5_acc": 0.6}  # an accuracy: higher is better
-    verdicts = [register(config, train_run_id, {**accuracy, "eval_steps5_acc": acc}, "acc-race", metric="eval_steps5_acc")["champion_version"]
-                for acc in (0.6, 0.5, 0.7)]
+    verdicts = [
+        register(config, train_run_id, {**accuracy, "eval_steps5_acc": acc}, "acc-race", metric="eval_steps5_acc")["champion_version"]
+        for acc in (0.6, 0.5, 0.7)
+    ]
     assert verdicts == [1, 1, 3]
 
 

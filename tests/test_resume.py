@@ -127,7 +127,9 @@ def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tr
             run_id = active.info.run_id
             train(config, driver, flatten(params).clone(), run_id, key="k")  # checkpoint and metrics at step 10
             MlflowClient().log_batch(run_id, metrics=[Metric("meta_loss", 1.0, 0, step) for step in range(10, 14)])
-            train(config.with_values({"train.steps": 20}), driver, flatten(params).clone(), run_id, key="k")  # resumes at 10, steps 10-13 already logged
+            train(
+                config.with_values({"train.steps": 20}), driver, flatten(params).clone(), run_id, key="k"
+            )  # resumes at 10, steps 10-13 already logged
     finally:
         driver.shutdown()
     steps = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "meta_loss"))

@@ -26,8 +26,16 @@ from tests.conftest import start_local_ray
 NAME = "omniglot-served"
 CHAMPION = f"models:/{NAME}@champion"
 TRAIN = [
-    "data.rotations=false", "model.width=16", "train.steps=100", "train.meta_batch=8", "train.outer_lr=0.003", "task.queries=5",
-    "eval.tasks=20", "eval.steps=[1]", "register.metric=eval_post_adapt_acc", "train.compile=false",
+    "data.rotations=false",
+    "model.width=16",
+    "train.steps=100",
+    "train.meta_batch=8",
+    "train.outer_lr=0.003",
+    "task.queries=5",
+    "eval.tasks=20",
+    "eval.steps=[1]",
+    "register.metric=eval_post_adapt_acc",
+    "train.compile=false",
 ]
 
 

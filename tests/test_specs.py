@@ -75,7 +75,9 @@ def test_a_registered_algorithms_options_and_data_set_are_checked_like_the_built
 
 @pytest.mark.slow
 def test_a_registered_algorithm_and_data_set_train_distributed_evaluate_and_serve(ray_local, tracking):
-    config = load("sinusoid", [*TOY, "train.steps=30", "train.meta_batch=6", "train.outer_lr=0.01", "eval.tasks=20", "eval.steps=[1]", "cluster.workers=2"])
+    config = load(
+        "sinusoid", [*TOY, "train.steps=30", "train.meta_batch=6", "train.outer_lr=0.01", "eval.tasks=20", "eval.steps=[1]", "cluster.workers=2"]
+    )
     parent = mlflow.get_run(run(config, tracking))
     assert parent.info.status == "FINISHED" and parent.data.tags["algorithm"] == "toy_query_gradient"
     assert parent.data.tags["dataset"] == "toy_lines" and np.isfinite(parent.data.metrics["eval_post_adapt_loss"])

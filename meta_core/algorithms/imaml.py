@@ -79,10 +79,14 @@ class IMAML(Algorithm):
         return conjugate_gradient(matvec, query_grad, self.cg_steps), self.task_metrics(theta, phi, task, pre_adapt, out)
 
 
-register_algorithm(AlgorithmSpec(
-    "imaml", IMAML, "`(I + H/lam)^-1 grad L_query(phi)` by conjugate gradient, through a proximal inner loop never differentiated",
-    options=(
-        positive_number("lam", 1.0, "proximal regulariser strength"),
-        positive_int("cg_steps", 5, "conjugate-gradient iterations for the implicit meta-gradient"),
-    ),
-))
+register_algorithm(
+    AlgorithmSpec(
+        "imaml",
+        IMAML,
+        "`(I + H/lam)^-1 grad L_query(phi)` by conjugate gradient, through a proximal inner loop never differentiated",
+        options=(
+            positive_number("lam", 1.0, "proximal regulariser strength"),
+            positive_int("cg_steps", 5, "conjugate-gradient iterations for the implicit meta-gradient"),
+        ),
+    )
+)

@@ -33,6 +33,11 @@ class MAML(Algorithm):
 
 
 register_algorithm(AlgorithmSpec("maml", MAML, "query loss differentiated through the inner loop (second order)", checkpointable=True))
-register_algorithm(AlgorithmSpec(
-    "fomaml", functools.partial(MAML, first_order=True), "the same with inner gradients held constant (first order)", checkpointable=True,
-))
+register_algorithm(
+    AlgorithmSpec(
+        "fomaml",
+        functools.partial(MAML, first_order=True),
+        "the same with inner gradients held constant (first order)",
+        checkpointable=True,
+    )
+)

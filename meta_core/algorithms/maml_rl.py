@@ -51,7 +51,12 @@ class MAMLRL(Algorithm):
         return {f"steps{n}_loss": -mean_return(batch) for n, (_, batch) in enumerate(path) if n == 0 or n in steps}
 
 
-register_algorithm(AlgorithmSpec(
-    "maml_rl", MAMLRL, "REINFORCE surrogate of the adapted policy's rollouts, through policy-gradient inner steps",
-    kinds=("rl",), models=("policy",),
-))
+register_algorithm(
+    AlgorithmSpec(
+        "maml_rl",
+        MAMLRL,
+        "REINFORCE surrogate of the adapted policy's rollouts, through policy-gradient inner steps",
+        kinds=("rl",),
+        models=("policy",),
+    )
+)

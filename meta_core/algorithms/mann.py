@@ -108,12 +108,17 @@ class MANN(EpisodeLearner):
         return functional_call(self.model, params, (task.support_x, task.support_y, task.query_x))
 
 
-register_algorithm(AlgorithmSpec(
-    "mann", MANN, "query cross-entropy after reading the support sequence into an external memory",
-    options=(
-        positive_int("controller_size", 200, "LSTM controller units"),
-        positive_int("memory_slots", 128, "memory rows"),
-        positive_int("memory_width", 40, "values per memory row"),
-    ),
-    kinds=("classification",), inner_loop=False,
-))
+register_algorithm(
+    AlgorithmSpec(
+        "mann",
+        MANN,
+        "query cross-entropy after reading the support sequence into an external memory",
+        options=(
+            positive_int("controller_size", 200, "LSTM controller units"),
+            positive_int("memory_slots", 128, "memory rows"),
+            positive_int("memory_width", 40, "values per memory row"),
+        ),
+        kinds=("classification",),
+        inner_loop=False,
+    )
+)

@@ -29,4 +29,8 @@ class MatchingNet(EpisodeLearner):
         return probs.log()
 
 
-register_algorithm(AlgorithmSpec("matchingnet", MatchingNet, "query NLL of cosine-softmax attention over the support set", kinds=("classification",), inner_loop=False))
+register_algorithm(
+    AlgorithmSpec(
+        "matchingnet", MatchingNet, "query NLL of cosine-softmax attention over the support set", kinds=("classification",), inner_loop=False
+    )
+)

@@ -26,4 +26,6 @@ class ProtoNet(EpisodeLearner):
         return negative_squared_distances(forward(self.model, params, task.query_x), centres)
 
 
-register_algorithm(AlgorithmSpec("protonet", ProtoNet, "query cross-entropy on `-||f(x) - class mean||^2`", kinds=("classification",), inner_loop=False))
+register_algorithm(
+    AlgorithmSpec("protonet", ProtoNet, "query cross-entropy on `-||f(x) - class mean||^2`", kinds=("classification",), inner_loop=False)
+)
