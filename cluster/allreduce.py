@@ -37,7 +37,7 @@ import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.config import ClusterConfig, WorkerSetup
-from cluster.driver import Driver, split
+from cluster.driver import SPREAD, Driver, split
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout, numel
 
@@ -111,8 +111,16 @@ class AllreduceWorker(MetaWorker):
 class AllreduceDriver(Driver):
     """A Driver whose workers sum the meta-gradient among themselves and take the outer step themselves."""
 
-    def __init__(self, setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, worker_cls=AllreduceWorker):
-        super().__init__(setup, cluster, splits, layout, worker_cls=worker_cls)
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        cluster: ClusterConfig,
+        splits: dict[str, np.ndarray | None],
+        layout: Layout,
+        worker_cls=AllreduceWorker,
+        scheduling=SPREAD,
+    ):
+        super().__init__(setup, cluster, splits, layout, worker_cls, scheduling)
         self.form_group()
 
     def form_group(self) -> None:
@@ -152,6 +160,6 @@ class AllreduceDriver(Driver):
         return state, [self.mean_metrics(list(step)) for step in zip(*(results[ref][1] for ref in refs), strict=True)]
 
 
-def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout) -> Driver:
-    """The driver that ``cluster.aggregation`` names."""
-    return (AllreduceDriver if cluster.aggregation == "allreduce" else Driver)(setup, cluster, splits, layout)
+def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, scheduling=SPREAD) -> Driver:
+    """The driver that ``cluster.aggregation`` names, its workers placed by ``scheduling``."""
+    return (AllreduceDriver if cluster.aggregation == "allreduce" else Driver)(setup, cluster, splits, layout, scheduling=scheduling)

@@ -26,6 +26,7 @@ from meta_core.flat import Layout
 MAX_ATTEMPTS = 5  # share timeouts a call may take before the step is given up
 STARTUP_S = 600  # for every worker to be placed and built (an autoscaler may be adding nodes)
 RETRY_S = 1.0  # how often a failed call is tried again while no worker is healthy
+SPREAD = "SPREAD"  # workers over as many nodes as have room: losing one node loses few of them
 
 
 def connect(address: str | None) -> None:
@@ -59,8 +60,17 @@ def broadcast(flat: np.ndarray) -> bytes | ray.ObjectRef:
 class Driver:
     """Owns the workers; turns parameters and a step number into the averaged meta-gradient."""
 
-    def __init__(self, setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, worker_cls=MetaWorker):
-        self.meta_batch = setup.outer.meta_batch
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        cluster: ClusterConfig,
+        splits: dict[str, np.ndarray | None],
+        layout: Layout,
+        worker_cls=MetaWorker,
+        scheduling=SPREAD,
+    ):
+        """``scheduling`` places the workers: SPREAD, or a placement group's strategy inside a sweep's trial."""
+        self.meta_batch, self.scheduling = setup.outer.meta_batch, scheduling
         self.timeout = cluster.share_timeout_s
         self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for replacements
         self.setup, self.cluster, self.layout = setup, cluster, layout
@@ -73,7 +83,7 @@ class Driver:
             num_cpus=self.cluster.num_cpus,
             num_gpus=self.cluster.num_gpus,
             resources=dict(self.cluster.resources),
-            scheduling_strategy="SPREAD",  # over as many nodes as have room: losing one node loses few workers
+            scheduling_strategy=self.scheduling,
             max_task_retries=0,
         )
         return self.actor_cls.options(**options).remote(self.setup, self.splits_ref, self.layout)
@@ -123,11 +133,11 @@ class Driver:
             metrics.append(step_metrics)
         return metrics
 
-    def evaluate(self, flat: np.ndarray, stream: int, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
-        """Per-task evaluation metrics for tasks ``0..tasks-1`` of ``stream``, spread over the workers."""
+    def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
+        """Per-task evaluation metrics for tasks ``0..tasks-1`` of the split ``split_name``, spread over the workers."""
         params_ref = broadcast(flat)
         chunks = split(tasks, len(self.workers) * 4)
-        results = self.run("evaluate", [(params_ref, stream, idx, steps) for idx in chunks])
+        results = self.run("evaluate", [(params_ref, split_name, idx, steps) for idx in chunks])
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
     def run(self, method: str, calls: list[tuple]) -> list:

@@ -9,6 +9,7 @@ import torch
 from cluster.config import WorkerSetup
 from meta_core.flat import Layout
 from meta_core.step import evaluate_tasks, share_gradient, vectorized
+from meta_core.tasks import STREAMS
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 INLINE_BYTES = 100 * 1024  # Ray sends call arguments and results up to this size inside the call (max_direct_call_object_size)
@@ -76,8 +77,9 @@ class MetaWorker:
         total, sums = self.share(self.params(flat), step, indices)
         return to_wire(total.float().cpu().numpy()), sums  # cast where it was summed: half the bytes off a GPU
 
-    def evaluate(self, flat: np.ndarray | bytes, stream: int, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
-        return evaluate_tasks(self.algo, self.sources["test"], self.params(flat), self.layout, self.seed, stream, indices, steps)
+    def evaluate(self, flat: np.ndarray | bytes, split: str, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
+        """Per-task metrics on tasks of ``split``, drawn from that split's stream; a split this worker was not given raises."""
+        return evaluate_tasks(self.algo, self.sources[split], self.params(flat), self.layout, self.seed, STREAMS[split], indices, steps)
 
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 TRAIN, EVAL = 0, 1  # streams: training tasks and held-out evaluation tasks never share keys
+VALID = 2  # validation tasks, which a sweep selects on, so the test tasks never tune anything
+STREAMS = {"train": TRAIN, "val": VALID, "test": EVAL}  # the stream each split's tasks are drawn from
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,19 @@ def cmd_resume(args) -> None:
     resume(args.run_id, args.tracking_uri)
 
 
+def cmd_sweep(args) -> None:
+    from pipelines import sweep
+
+    if args.resume:
+        if args.space or args.overrides or args.trials != 1 or args.max_concurrent:
+            raise ConfigError("--resume: a sweep continues as it started; drop --space, --set, --trials and --max-concurrent")
+        sweep.resume(args.resume, args.finish, args.tracking_uri)
+    elif not args.space:
+        raise ConfigError("--space: a sweep needs a search space file, e.g. pipelines/sweeps/sinusoid.yaml (or --resume SWEEP_RUN_ID)")
+    else:
+        sweep.start(args.config, args.overrides, args.space, args.trials, args.max_concurrent, args.finish, args.tracking_uri)
+
+
 def cmd_compare(args) -> None:
     from pipelines.compare import compare
 
@@ -61,12 +74,39 @@ def cmd_specs(args) -> None:
 def cmd_submit(args) -> int:
     from pipelines.submit import submit
 
-    return submit(args.config, args.overrides, args.address, args.tracking_uri)
+    if args.space:  # a sweep job: its space is checked here too, before anything reaches the cluster
+        from pipelines.space import read_space, sweep_config
+
+        sweep_config(load(args.config, args.overrides), read_space(args.space))
+    elif args.finish or args.max_concurrent or args.trials != 1:
+        raise ConfigError("--trials, --max-concurrent and --finish submit a sweep: give its --space")
+    return submit(args.config, args.overrides, args.address, args.tracking_uri, args.space, sweep_options(args))
+
+
+def sweep_options(args) -> list[str]:
+    """The ``sweep`` options of ``args`` as a command line (``--space`` aside)."""
+    options = ["--trials", str(args.trials)]
+    if args.max_concurrent:
+        options += ["--max-concurrent", str(args.max_concurrent)]
+    return options + (["--finish"] if args.finish else [])
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default="sinusoid", help="a config name from pipelines/configs/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+
+
+def positive_int(text: str) -> int:
+    if not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", metavar="SPACE.yaml", help="config keys to search, as Tune search spaces (pipelines/sweeps/ has examples)")
+    p.add_argument("--trials", type=positive_int, default=1, metavar="N", help="samples of the space; a grid runs whole each time (default 1)")
+    p.add_argument("--max-concurrent", type=positive_int, metavar="N", help="trials at once (default: as many as the cluster holds)")
+    p.add_argument("--finish", action="store_true", help="then run the best config through the whole pipeline (full training, test, register)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,8 +129,17 @@ def parser() -> argparse.ArgumentParser:
     episodes.add_argument("folder", help="a folder of runNN/training, runNN/test and runNN/class_labels.txt")
     episodes.set_defaults(handler=cmd_episodes)
 
-    submit = sub.add_parser("submit", parents=[tracking], help="run the pipeline as a job on a Ray cluster; streams its logs, exits with its status")
+    sweep = sub.add_parser("sweep", parents=[tracking], help="hyperparameter search on Ray Tune with ASHA, a tracked run per trial")
+    add_config_args(sweep)
+    add_sweep_args(sweep)
+    sweep.add_argument("--resume", metavar="SWEEP_RUN_ID", help="continue a killed sweep: finished trials stay finished")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    submit = sub.add_parser(
+        "submit", parents=[tracking], help="the pipeline (with --space, a sweep) as a job on a Ray cluster; streams its logs, exits with its status"
+    )
     add_config_args(submit)
+    add_sweep_args(submit)
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (through a tunnel)")
     submit.set_defaults(handler=cmd_submit)
 
@@ -116,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A sweep's Tune state is saved with every trial checkpoint, which keeps a killed sweep resumable; not a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     signal.signal(signal.SIGTERM, interrupt)
     try:
         return args.handler(args) or 0

@@ -1,16 +1,20 @@
-"""Side-by-side comparison of pipeline runs: a table (printed and CSV) and their learning curves (PNG)."""
+"""Side-by-side comparison of pipeline runs: a table (printed and CSV) and their learning curves (PNG); and of each
+sweep's trials: a table sorted by the sweep's metric and a PNG of the metric against each searched key."""
 
+import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
 from pipelines.config import ConfigError
 from pipelines.plots import smoothed
+from pipelines.tracking import MetricBuffer
 
 
 def experiment_ids(names: list[str]) -> list[str]:
@@ -75,10 +79,64 @@ def plot_curves(runs: pd.DataFrame, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def trials_table(sweep: Run) -> pd.DataFrame:
+    """One row per trial of ``sweep``: its searched values, its last validation figure and the step it was taken
+    at, and how it ended; best first (a trial with no figure, or NaN, last)."""
+    metric, keys = sweep.data.tags["sweep_metric"], sweep.data.tags["sweep_keys"].split(",")
+    rows = []
+    for trial in mlflow.search_runs([sweep.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep.info.run_id}'", output_format="list"):
+        values = json.loads(trial.data.tags["trial_values"])
+        rows.append(
+            {
+                "trial": trial.data.tags["trial_id"],
+                **{key: values[key] for key in keys},
+                metric: trial.data.metrics.get(metric, float("nan")),
+                "step": MetricBuffer.last_step(trial.info.run_id, metric),
+                "status": trial.data.tags.get("trial_status", trial.info.status.lower()),
+                "run_id": trial.info.run_id,
+            }
+        )
+    table = pd.DataFrame(rows, columns=["trial", *keys, metric, "step", "status", "run_id"])
+    higher_is_better = sweep.data.tags["sweep_mode"] == "max"
+    return table.sort_values([metric, "trial"], ascending=[not higher_is_better, True], na_position="last", ignore_index=True)
+
+
+def plot_sweep(table: pd.DataFrame, keys: list[str], metric: str, path: Path) -> None:
+    """The metric against each searched key, one panel per key; trials that did not run to the end (ASHA stopped
+    them, or the sweep is not over) are hollow."""
+    figure = Figure(figsize=(4.5 * len(keys), 3.5), layout="constrained")
+    for ax, key in zip(figure.subplots(1, len(keys), squeeze=False)[0], keys, strict=True):
+        numeric = table[key].map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all()
+        x = table[key] if numeric else table[key].map(str)
+        completed = table.status == "completed"
+        ax.scatter(x[completed], table[metric][completed], label="completed")
+        ax.scatter(x[~completed], table[metric][~completed], facecolors="none", edgecolors="tab:red", label="stopped before the end")
+        if numeric and (table[key] > 0).all() and table[key].max() >= 10 * table[key].min():
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel=metric)
+    figure.axes[0].legend(fontsize="small")
+    figure.savefig(path, dpi=100)
+
+
+def show_sweeps(ids: list[str], folder: Path) -> None:
+    """Print and save (CSV and PNG) each sweep's trials."""
+    for sweep in mlflow.search_runs(ids, "tags.stage = 'sweep'", order_by=["attributes.start_time ASC"], output_format="list"):
+        table = trials_table(sweep)
+        name = f"sweep-{sweep.info.run_id[:8]}"
+        table.to_csv(folder / f"{name}.csv", index=False)
+        if len(table):
+            plot_sweep(table, sweep.data.tags["sweep_keys"].split(","), sweep.data.tags["sweep_metric"], folder / f"{name}.png")
+        with pd.option_context("display.width", 200, "display.max_columns", None):
+            print(f"\nsweep {sweep.info.run_id} ({sweep.data.tags['mlflow.runName']}, {sweep.info.status}), best first:")
+            print(table.drop(columns="run_id").to_string(index=False) if len(table) else "no trials yet")
+        print(f"saved {folder / name}.csv" + (f" and {folder / name}.png" if len(table) else ""))
+
+
 def compare(experiments: list[str], out: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """Print and save the comparison of every pipeline run in ``experiments`` (default: all)."""
+    """Print and save the comparison of every pipeline run in ``experiments`` (default: all), then each sweep's trials."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
-    runs = mlflow.search_runs(experiment_ids(experiments), "tags.stage = 'pipeline'", order_by=["attributes.start_time ASC"])
+    ids = experiment_ids(experiments)
+    runs = mlflow.search_runs(ids, "tags.stage = 'pipeline'", order_by=["attributes.start_time ASC"])
     result = table(runs) if len(runs) else pd.DataFrame()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,4 +146,5 @@ def compare(experiments: list[str], out: str, tracking_uri: str | None = None) -
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(result.to_string(index=False) if len(result) else "no pipeline runs found")
     print(f"saved {folder / 'comparison.csv'}" + (f" and {folder / 'learning_curves.png'}" if len(runs) else ""))
+    show_sweeps(ids, folder)
     return result

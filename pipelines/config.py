@@ -70,6 +70,13 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    trial_steps: int | None  # meta-steps each trial trains at most (None: train.steps)
+    val_tasks: int  # the fixed validation tasks behind each trial's figure
+    reduction_factor: float  # ASHA keeps the best 1/reduction_factor of the trials that reach each rung
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, validated config; each layer is handed the sections it reads."""
 
@@ -84,6 +91,7 @@ class Config:
     eval: EvalConfig
     cluster: ClusterConfig
     register: RegisterConfig
+    sweep: SweepConfig
 
     @property
     def dataset(self) -> DatasetSpec:
@@ -272,6 +280,9 @@ RULES: dict[str, Rule] = {
     "cluster.aggregation": one_of("driver", "allreduce"),
     "cluster.steps_per_call": POSITIVE_INT,
     "register.model_name": OPTIONAL_NAME,
+    "sweep.trial_steps": ("a positive integer or null", lambda v: v is None or (is_int(v) and v > 0)),
+    "sweep.val_tasks": POSITIVE_INT,
+    "sweep.reduction_factor": ("a number above 1", lambda v: is_number(v) and v > 1),
 }
 
 
@@ -372,6 +383,7 @@ def from_dict(config: dict) -> Config:
     check_register(register, algorithm, evaluation, dataset)
     return Config(
         config["seed"], config["experiment"], config["run_name"], data_config, TaskShape(**config["task"]), model, algorithm, train, evaluation, cluster, register,
+        SweepConfig(**config["sweep"]),
     )  # fmt: skip
 
 

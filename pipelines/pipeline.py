@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
-import yaml
 from mlflow.entities import Run
 
 from cluster.allreduce import make_driver
@@ -24,7 +23,7 @@ from meta_core.flat import flatten, layout_of, unflatten
 from pipelines import tracking
 from pipelines.artifacts import load_trained, log_trained
 from pipelines.build import build_learner, worker_setup
-from pipelines.config import Config, ConfigError, digest, from_dict
+from pipelines.config import Config, digest, from_dict
 from pipelines.plots import log_plots
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.register import register_stage
@@ -32,12 +31,18 @@ from pipelines.stages.train import train
 
 
 def load_splits(prepared: dict) -> dict:
-    """Arrays the workers draw tasks from: the prepared splits, or nothing for tasks drawn from a formula."""
+    """Arrays the workers draw tasks from: the prepared splits, or nothing for tasks drawn from a formula (where each
+    split is a stream of its own)."""
     if prepared["dataset"] is None:
-        return {"train": None, "test": None}
+        return {"train": None, "val": None, "test": None}
     import data
 
     return data.load_splits(Path(prepared["dataset"]))
+
+
+def fresh_params(config: Config):
+    """The learner's initial parameters, drawn from ``seed``."""
+    return build_learner(config).initial_params(config.seed)
 
 
 class Context:
@@ -46,14 +51,11 @@ class Context:
     def __init__(self, config: Config):
         self.config, self.outputs, self._driver = config, {}, None
 
-    def fresh_params(self):
-        return build_learner(self.config).initial_params(self.config.seed)
-
     def driver(self) -> Driver:
         if self._driver is None:
             connect(self.config.cluster.address)
             splits = load_splits(self.outputs["prepare"])
-            self._driver = make_driver(worker_setup(self.config), self.config.cluster, splits, layout_of(self.fresh_params()))
+            self._driver = make_driver(worker_setup(self.config), self.config.cluster, splits, layout_of(fresh_params(self.config)))
         return self._driver
 
     def close(self) -> None:
@@ -70,7 +72,7 @@ def prepare_body(ctx: Context, run) -> dict:
 
 
 def train_body(ctx: Context, run) -> dict:
-    params = ctx.fresh_params()
+    params = fresh_params(ctx.config)
     layout, flat = layout_of(params), flatten(params).clone()
     summary = train(ctx.config, ctx.driver(), flat, run.info.run_id, run.data.tags["stage_key"])
     log_trained(ctx.config, unflatten(flat.detach(), layout))
@@ -195,14 +197,8 @@ def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] 
 def resume(run_id: str, tracking_uri: str | None = None) -> str:
     """Continue the pipeline run ``run_id`` with the config it was started with."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
-    try:
-        run_ = mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"resume {run_id}: no such run in {mlflow.get_tracking_uri()}") from None
-    if run_.data.tags.get("stage") != "pipeline":
-        raise ConfigError(f"resume {run_id}: not a pipeline run (it is a '{run_.data.tags.get('stage')}' stage run)")
-    config = yaml.safe_load(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")).read())
-    return run(from_dict(config), tracking_uri, resume_id=run_id)
+    tracking.run_to_resume(run_id, "pipeline", "resume")
+    return run(from_dict(tracking.load_yaml_artifact(run_id, "config.yaml")), tracking_uri, resume_id=run_id)
 
 
 def report(metrics: dict[str, float]) -> str:

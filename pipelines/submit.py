@@ -1,8 +1,9 @@
-"""``python -m pipelines submit``: run the pipeline as a Ray job on a cluster, through the Jobs API.
+"""``python -m pipelines submit``: run the pipeline (or a sweep) as a Ray job on a cluster, through the Jobs API.
 
 The project folder is uploaded as the job's ``working_dir`` (without virtualenvs,
-caches and local MLflow stores); the job runs ``python -m pipelines run`` on the
-head node with the cluster's own Python, so nothing is pip-installed per job.
+caches and local MLflow stores); the job runs ``python -m pipelines run`` (or
+``sweep``) on the head node with the cluster's own Python, so nothing is
+pip-installed per job.
 """
 
 import asyncio
@@ -26,18 +27,26 @@ def auth_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def entrypoint(config: str | None, overrides: list[str]) -> str:
-    """The job's command; a config file must lie inside the project, the folder that is uploaded."""
+def in_job(path: Path) -> str:
+    """A file's path inside the uploaded project, the only folder the job receives."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        raise ConfigError(f"{path}: a submitted config or space file must be inside {ROOT}, which is what the job receives") from None
+
+
+def entrypoint(config: str | None, overrides: list[str], space: str | None = None, sweep_options: list[str] = ()) -> str:
+    """The job's command: ``run``, or with a ``space`` file ``sweep``; its files must lie inside the project."""
     path = resolve_path(config)
     if path is not None and path.is_file():
-        try:
-            config = str(path.resolve().relative_to(ROOT))
-        except ValueError:
-            raise ConfigError(f"{path}: a submitted config file must be inside {ROOT}, which is what the job receives") from None
-    return shlex.join(["python", "-m", "pipelines", "run", *([config] if config else []), *(f"--set={o}" for o in overrides)])
+        config = in_job(path)
+    command = ["sweep", "--space", in_job(Path(space)), *sweep_options] if space else ["run"]
+    return shlex.join(["python", "-m", "pipelines", *command, *([config] if config else []), *(f"--set={o}" for o in overrides)])
 
 
-def submit(config: str | None, overrides: list[str], address: str, tracking_uri: str | None) -> int:
+def submit(
+    config: str | None, overrides: list[str], address: str, tracking_uri: str | None, space: str | None = None, sweep_options: list[str] = ()
+) -> int:
     """Submit, stream the job's logs until it ends, and return 0 if it succeeded, else 1."""
     load(config, overrides)  # a bad config fails here, before anything reaches the cluster
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -49,7 +58,7 @@ def submit(config: str | None, overrides: list[str], address: str, tracking_uri:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     client = JobSubmissionClient(address)
     job_id = client.submit_job(
-        entrypoint=entrypoint(config, overrides),
+        entrypoint=entrypoint(config, overrides, space, sweep_options),
         runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env},
     )
     print(f"submitted job {job_id} to {address}", flush=True)

@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric
+import yaml
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import Config, digest, flatten
+from pipelines.config import Config, ConfigError, digest, flatten
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -61,6 +62,22 @@ def log_config(config: Config) -> None:
     """The flattened config as params (dotted keys) and the whole config as an artifact."""
     mlflow.log_params({k: str(v) for k, v in flatten(config.as_dict()).items()})
     mlflow.log_dict(config.as_dict(), "config.yaml")
+
+
+def run_to_resume(run_id: str, stage: str, command: str) -> Run:
+    """The run ``run_id`` of the store in use, which ``command`` continues: it must be a ``stage`` run."""
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"{command} {run_id}: no such run in {mlflow.get_tracking_uri()}") from None
+    if run.data.tags.get("stage") != stage:
+        raise ConfigError(f"{command} {run_id}: not a {stage} run (it is a '{run.data.tags.get('stage')}' run)")
+    return run
+
+
+def load_yaml_artifact(run_id: str, path: str):
+    """A YAML artifact of a run (its config), read with ``yaml.safe_load``."""
+    return yaml.safe_load(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_text())
 
 
 class MetricBuffer:

@@ -1,11 +1,10 @@
-"""Meta-test on held-out tasks: mean and 95% interval before and after adaptation."""
+"""Meta-test on held-out tasks (or validation on a sweep's): mean and 95% interval before and after adaptation."""
 
 import numpy as np
 import pandas as pd
 import torch
 
 from cluster.driver import Driver
-from meta_core.tasks import EVAL
 from pipelines.config import Config
 
 
@@ -14,11 +13,16 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def evaluate(config: Config, driver: Driver, flat: torch.Tensor) -> tuple[dict[str, float], pd.DataFrame]:
-    """Metrics named for MLflow and a table with one row per number of adaptation steps."""
+def evaluate(config: Config, driver: Driver, flat: torch.Tensor, split: str = "test") -> tuple[dict[str, float], pd.DataFrame]:
+    """Metrics named for MLflow and a table with one row per number of adaptation steps.
+
+    On the test split: ``eval.tasks`` tasks, metrics ``eval_*``. On the validation split: the sweep's fixed
+    ``sweep.val_tasks`` tasks, metrics ``val_*``, so that nothing chosen on them is named like a test figure.
+    """
     inner = config.algorithm.inner_steps
     steps = sorted(set(config.eval.steps) | ({inner} if inner else set()))
-    per_task = driver.evaluate(flat.detach().numpy(), EVAL, config.eval.tasks, steps)
+    tasks, prefix = (config.eval.tasks, "eval") if split == "test" else (config.sweep.val_tasks, "val")
+    per_task = driver.evaluate(flat.detach().numpy(), split, tasks, steps)
     rows = []
     for n in [0, *steps]:
         row = {"adapt_steps": n}
@@ -31,8 +35,8 @@ def evaluate(config: Config, driver: Driver, flat: torch.Tensor) -> tuple[dict[s
     for name, n in (("pre_adapt", 0), ("post_adapt", inner)):
         row = table[table.adapt_steps == n].iloc[0]
         for col in row.index.drop("adapt_steps"):
-            metrics[f"eval_{name}_{col}"] = float(row[col])
+            metrics[f"{prefix}_{name}_{col}"] = float(row[col])
     for _, row in table.iterrows():
         for col in row.index.drop("adapt_steps"):
-            metrics[f"eval_steps{int(row.adapt_steps)}_{col}"] = float(row[col])
+            metrics[f"{prefix}_steps{int(row.adapt_steps)}_{col}"] = float(row[col])
     return metrics, table

@@ -1,6 +1,7 @@
 """Distributed meta-training: the outer loop, checkpointed so a killed run resumes exactly."""
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -13,13 +14,17 @@ from pipelines.config import Config
 from pipelines.tracking import MetricBuffer
 
 
-def train(config: Config, driver: Driver, flat: torch.Tensor, run_id: str, key: str) -> dict[str, float]:
+def train(
+    config: Config, driver: Driver, flat: torch.Tensor, run_id: str, key: str, at_checkpoint: Callable[[int], None] = lambda done: None
+) -> dict[str, float]:
     """Meta-train ``flat`` in place up to ``train.steps``, from the run's last checkpoint if there is one.
 
     Per-step metrics are written to MLflow just before each checkpoint. A crash
-    between the two leaves metrics ahead of the checkpoint; the resumed run
-    recomputes those steps (identically) without logging them again, so every
-    step is logged exactly once. Returns summary metrics.
+    between the two leaves metrics ahead of the checkpoint (or of no checkpoint
+    at all); the resumed run recomputes those steps (identically) without
+    logging them again, so every step is logged exactly once.
+    ``at_checkpoint(steps done)`` runs after each checkpoint and after the last
+    step: a sweep's trial validates there. Returns summary metrics.
     """
     cfg = config.train
     optimizer = outer_loop(config).make_optimizer(flat)
@@ -31,7 +36,7 @@ def train(config: Config, driver: Driver, flat: torch.Tensor, run_id: str, key: 
             flat.copy_(state["flat"])
         optimizer.load_state_dict(state["optimizer"])
         done = state["step"]
-    buffer = MetricBuffer(run_id, logged_until=MetricBuffer.last_step(run_id, "meta_loss") if state else -1)
+    buffer = MetricBuffer(run_id, logged_until=MetricBuffer.last_step(run_id, "meta_loss"))
     rates = []
 
     def save() -> None:
@@ -52,8 +57,9 @@ def train(config: Config, driver: Driver, flat: torch.Tensor, run_id: str, key: 
             done += count
             bar.update(count)
             bar.set_postfix(loss=f"{metrics['meta_loss']:.4f}", tasks_per_s=f"{metrics['tasks_per_s']:.0f}", refresh=False)
-            if done % cfg.checkpoint_every == 0:
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save()
+                at_checkpoint(done)
     finally:  # also on Ctrl-C: keep what was done
         save()
         bar.close()
