@@ -111,16 +111,11 @@ class AllreduceWorker(MetaWorker):
 class AllreduceDriver(Driver):
     """A Driver whose workers sum the meta-gradient among themselves and take the outer step themselves."""
 
-    def __init__(
-        self,
-        setup: WorkerSetup,
-        cluster: ClusterConfig,
-        splits: dict[str, np.ndarray | None],
-        layout: Layout,
-        worker_cls=AllreduceWorker,
-        scheduling=SPREAD,
-    ):
-        super().__init__(setup, cluster, splits, layout, worker_cls, scheduling)
+    worker = AllreduceWorker
+
+    def start_workers(self) -> None:
+        """New workers, as ``Driver.start_workers``, in a group of their own."""
+        super().start_workers()
         self.form_group()
 
     def form_group(self) -> None:
@@ -138,7 +133,6 @@ class AllreduceDriver(Driver):
             warnings.warn(f"step {first}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers", stacklevel=2)
             self.shutdown()
             self.start_workers()
-            self.form_group()
             state, metrics = self.group_steps(flat, optimizer, first, count)
         unpack(state, flat, optimizer)
         self.held = flat.detach().clone()

@@ -60,13 +60,15 @@ def broadcast(flat: np.ndarray) -> bytes | ray.ObjectRef:
 class Driver:
     """Owns the workers; turns parameters and a step number into the averaged meta-gradient."""
 
+    worker = MetaWorker  # what its workers are, unless ``worker_cls`` names another class (a subclass, in tests)
+
     def __init__(
         self,
         setup: WorkerSetup,
         cluster: ClusterConfig,
         splits: dict[str, np.ndarray | None],
         layout: Layout,
-        worker_cls=MetaWorker,
+        worker_cls: type | None = None,
         scheduling=SPREAD,
     ):
         """``scheduling`` places the workers: SPREAD, or a placement group's strategy inside a sweep's trial."""
@@ -74,7 +76,7 @@ class Driver:
         self.timeout = cluster.share_timeout_s
         self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for replacements
         self.setup, self.cluster, self.layout = setup, cluster, layout
-        self.actor_cls = ray.remote(worker_cls)  # a plain class made an actor here, so subclasses stay plain classes
+        self.actor_cls = ray.remote(worker_cls or self.worker)  # a plain class made an actor here: subclasses stay plain
         self.start_workers()
 
     def new_worker(self) -> ray.actor.ActorHandle:

@@ -5,7 +5,6 @@ import numpy as np
 import torch
 
 from cluster.driver import Driver
-from cluster.worker import MetaWorker
 from meta_core.flat import flatten, layout_of
 from meta_core.step import share_gradient, vectorized
 from pipelines.build import build_learner, outer_loop, task_source, worker_setup
@@ -29,7 +28,7 @@ def start(config: Config):
     return algo, layout_of(params), flat, outer_loop(config).make_optimizer(flat)
 
 
-def train(config: Config, worker_cls=MetaWorker, between_steps=lambda step, driver: None, driver_cls=Driver) -> np.ndarray:
+def train(config: Config, worker_cls=None, between_steps=lambda step, driver: None, driver_cls=Driver) -> np.ndarray:
     """The outer loop of ``pipelines.stages.train`` without MLflow; returns the final flat parameters."""
     _, layout, flat, optimizer = start(config)
     driver = driver_cls(worker_setup(config), config.cluster, {"train": None, "test": None}, layout, worker_cls)
