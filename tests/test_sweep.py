@@ -77,9 +77,11 @@ def test_the_best_config_prints_as_a_run_command_that_rebuilds_it():
     assert load("sinusoid", [*sets, "sweep.val_tasks=7"]) == best
 
 
-def test_the_shipped_sinusoid_space_is_valid():
+def test_the_shipped_spaces_are_valid():
     space = read_space(str(ROOT / "pipelines/sweeps/sinusoid.yaml"))
     assert list(space.searched) == ["algorithm.inner_lr"] and sweep_config(load("sinusoid"), space).cluster.workers == 1
+    omniglot = sweep_config(load("omniglot"), read_space(str(ROOT / "pipelines/sweeps/omniglot.yaml")))
+    assert omniglot.data.val_size == 0.2 and omniglot.sweep.trial_steps == 500  # validation characters carved from the training ones
 
 
 def test_submit_sends_a_sweep_as_one_job_after_checking_its_space(tmp_path, capsys):
