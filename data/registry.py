@@ -39,7 +39,7 @@ class DataConfig:
 class DatasetSpec:
     """A data set as the pipeline sees it.
 
-    ``kind``: ``regression``, ``classification`` or ``rl`` (``meta_core.registry.KINDS``). ``tasks(shape,
+    ``kind``: ``regression``, ``classification`` or ``rl`` (a task asks for a value, a class, or actions). ``tasks(shape,
     examples, adapt_steps)`` is a split's task source (``examples`` is the split's ``(classes, samples, ...)``
     array, or None for tasks drawn from a formula; ``adapt_steps`` the most adaptation steps a task must
     support). ``example(data)`` is what a model sees of one example: its kind (``images``,

@@ -14,8 +14,6 @@ from typing import Any
 
 from torch import nn
 
-KINDS = ("regression", "classification", "rl")  # what a task asks for: a value, a class, or actions
-
 
 @dataclass(frozen=True)
 class Option:
