@@ -38,6 +38,10 @@ def positive_int(name: str, default: int, help: str = "") -> Option:
     return Option(name, default, "a positive integer", lambda v: is_int(v) and v > 0, help)
 
 
+def non_negative_int(name: str, default: int, help: str = "") -> Option:
+    return Option(name, default, "a non-negative integer", lambda v: is_int(v) and v >= 0, help)
+
+
 def positive_number(name: str, default: float, help: str = "") -> Option:
     return Option(name, default, "a positive number", lambda v: is_number(v) and v > 0, help)
 
@@ -46,7 +50,7 @@ def positive_number(name: str, default: float, help: str = "") -> Option:
 class AlgorithmSpec:
     """An algorithm as the pipeline sees it.
 
-    ``make(model, kind, inner_steps=, inner_lr=, **options)`` builds it. ``kinds`` are the task kinds it
+    ``make(model, kind, inner_steps=, inner_lr=, input_shape=, **options)`` builds it. ``kinds`` are the task kinds it
     learns; ``models`` the models it runs with (empty: any model for those kinds). ``inner_loop``: it adapts
     by gradient steps on the support set (else by reading the support set, and ``algorithm.inner_steps``
     only names the evaluation row reported as post-adaptation). ``checkpointable``: its differentiated inner
@@ -108,4 +112,6 @@ class Learner:
 
     def build(self):
         network = self.model.make(self.input_shape, self.outputs, **self.model_options)
-        return self.algorithm.make(network, self.kind, inner_steps=self.inner_steps, inner_lr=self.inner_lr, **self.options)
+        return self.algorithm.make(
+            network, self.kind, inner_steps=self.inner_steps, inner_lr=self.inner_lr, input_shape=self.input_shape, **self.options
+        )

@@ -4,6 +4,7 @@ The Ray actor, the single-process path and the benchmarks all call these, so
 there is exactly one implementation of "sum the meta-gradients of these tasks".
 """
 
+import contextlib
 import functools
 import warnings
 
@@ -13,11 +14,16 @@ from torch.func import vmap
 
 from meta_core.algorithms import Algorithm
 from meta_core.flat import Layout, flatten, unflatten
-from meta_core.tasks import TRAIN, stack, task_rng
+from meta_core.tasks import TRAIN, seeded_noise, stack, task_rng
 
 
 def draw(source, seed: int, stream: int, step: int, indices, device="cpu"):
     return [source.sample(task_rng(seed, stream, step, int(i))).to(device) for i in indices]
+
+
+def noise_for(algo: Algorithm, device, seed: int, stream: int, step: int, index: int):
+    """The task's own noise for a learner that draws noise (``Algorithm.draws_noise``); nothing to seed otherwise."""
+    return seeded_noise(device, seed, stream, step, int(index)) if algo.draws_noise else contextlib.nullcontext()
 
 
 def vectorized(choice: bool | str, model: str, on_gpu: bool) -> bool:
@@ -66,13 +72,14 @@ def share_gradient(
     ``vectorize`` runs all tasks as one ``vmap``-ed call: a large win for small
     models, where Python overhead per task dominates; the loop wins for conv
     nets on CPU (see benchmarks/). A checkpointed inner loop always runs task by
-    task: checkpointing is plain autograd, which ``vmap`` cannot batch.
+    task: checkpointing is plain autograd, which ``vmap`` cannot batch. So does a learner that draws noise, each
+    task with its own (``noise_for``).
     ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``
     (benchmarks/ measures what it saves). ``pre_adapt`` adds the pre-adaptation
     query metrics, at the cost of a forward pass.
     """
     params, device = unflatten(flat_params, layout), flat_params.device
-    vectorize = vectorize and not algo.checkpoint_inner
+    vectorize = vectorize and not algo.checkpoint_inner and not algo.draws_noise
     tasks = draw(source, seed, TRAIN, step, indices, "cpu" if vectorize else device)
     task_grad = task_grad_fn(algo, vectorize, compiled, pre_adapt)
     if vectorize:  # stacked where drawn: one copy to the device per field, not one per task and field
@@ -82,8 +89,9 @@ def share_gradient(
     else:
         total = torch.zeros(flat_params.numel(), dtype=torch.float64, device=device)
         sums: dict[str, float] = {}
-        for task in tasks:
-            grads, metrics = task_grad(params, task)
+        for index, task in zip(indices, tasks, strict=True):
+            with noise_for(algo, device, seed, TRAIN, step, index):
+                grads, metrics = task_grad(params, task)
             total += flatten(grads, torch.float64)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -94,6 +102,9 @@ def evaluate_tasks(
     algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, stream: int, indices, steps: list[int]
 ) -> dict[str, np.ndarray]:
     """Per-task query metrics before and after each number of adaptation steps."""
-    params = unflatten(flat_params, layout)
-    rows = [algo.evaluate(params, task, steps) for task in draw(source, seed, stream, 0, indices, flat_params.device)]
+    params, device = unflatten(flat_params, layout), flat_params.device
+    rows = []
+    for index, task in zip(indices, draw(source, seed, stream, 0, indices, device), strict=True):
+        with noise_for(algo, device, seed, stream, 0, index):
+            rows.append(algo.evaluate(params, task, steps))
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}

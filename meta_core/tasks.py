@@ -6,6 +6,7 @@ however its meta-batch is split across workers, and a recomputed share or a
 resumed run sees exactly the tasks it saw before.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ import torch
 TRAIN, EVAL = 0, 1  # streams: training tasks and held-out evaluation tasks never share keys
 VALID = 2  # validation tasks, which a sweep selects on, so the test tasks never tune anything
 STREAMS = {"train": TRAIN, "val": VALID, "test": EVAL}  # the stream each split's tasks are drawn from
+NOISE = 3  # the first spawn key of the noise a learner draws for a task, apart from every stream of examples
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,20 @@ class TaskShape:
 
 def task_rng(seed: int, stream: int, step: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(stream, step, index)))
+
+
+@contextmanager
+def seeded_noise(device, seed: int, *key: int):
+    """Torch's default generator (the CPU's, and ``device``'s if a GPU) seeded from ``(seed, *key)``, then restored.
+
+    Learners that draw noise (``Algorithm.draws_noise``) run each task inside this, keyed like the task's examples.
+    """
+    device = torch.device(device)
+    state = np.random.SeedSequence(entropy=seed, spawn_key=(NOISE, *key)).generate_state(1, dtype=np.uint64)[0]
+    gpus = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.manual_seed(int(state) >> 1)
+        yield
 
 
 class Task(NamedTuple):

@@ -7,17 +7,18 @@ import torch
 from cluster.driver import Driver
 from meta_core.flat import flatten, layout_of
 from meta_core.step import share_gradient, vectorized
-from pipelines.build import build_learner, outer_loop, task_source, worker_setup
+from pipelines.build import build_learner, outer_loop, prepared, task_source, worker_setup
 from pipelines.config import Config, load
+from pipelines.pipeline import load_splits
 
 STEPS = 4
 
 
-def config(*overrides: str) -> Config:
+def config(*overrides: str, name: str = "sinusoid") -> Config:
     """Plain SGD on 7 tasks a step: a wrong divisor in the aggregation changes the parameters (Adam would hide a
     constant factor), and no number of workers above one splits 7 tasks evenly (an even split hides a mean of means)."""
     base = ["train.meta_batch=7", "train.optimizer=sgd", "train.outer_lr=0.05", f"train.steps={STEPS}", "train.compile=false"]
-    return load("sinusoid", [*base, *overrides])
+    return load(name, [*base, *overrides])
 
 
 def start(config: Config):
@@ -28,10 +29,15 @@ def start(config: Config):
     return algo, layout_of(params), flat, outer_loop(config).make_optimizer(flat)
 
 
+def splits(config: Config) -> dict:
+    """What the workers draw tasks from: the prepared data set's splits, or none for tasks drawn from a formula."""
+    return load_splits({"dataset": None if config.dataset.generated else str(prepared(config))})
+
+
 def train(config: Config, worker_cls=None, between_steps=lambda step, driver: None, driver_cls=Driver) -> np.ndarray:
     """The outer loop of ``pipelines.stages.train`` without MLflow; returns the final flat parameters."""
     _, layout, flat, optimizer = start(config)
-    driver = driver_cls(worker_setup(config), config.cluster, {"train": None, "test": None}, layout, worker_cls)
+    driver = driver_cls(worker_setup(config), config.cluster, splits(config), layout, worker_cls)
     per_call, steps = config.cluster.steps_per_call, config.train.steps
     try:
         for first in range(0, steps, per_call):
@@ -45,7 +51,8 @@ def train(config: Config, worker_cls=None, between_steps=lambda step, driver: No
 def summed_gradient(config: Config, flat: torch.Tensor, layout, step: int, indices) -> torch.Tensor:
     """The meta-gradients of tasks ``indices`` of ``step`` at ``flat``, summed in this process."""
     vectorize = vectorized(config.train.vectorize, config.model.name, on_gpu=False)
-    total, _ = share_gradient(build_learner(config), task_source(config), flat, layout, config.seed, step, indices, vectorize)
+    source = task_source(config, splits(config)["train"])
+    total, _ = share_gradient(build_learner(config), source, flat, layout, config.seed, step, indices, vectorize)
     return total
 
 

@@ -1,6 +1,7 @@
 """Test isolation: a private HOME (Ray's auth token, MLflow), no usage stats, one local Ray per session."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,12 +44,24 @@ def ray_local(ray_session):
     return ray_session
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made: creating them takes seconds, copying the file does not."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{path}")
+    mlflow.set_experiment("tests")
+    return path
+
+
 @pytest.fixture
-def tracking(tmp_path, monkeypatch):
+def tracking(empty_store, tmp_path, monkeypatch):
     """A fresh SQLite MLflow store; artifacts land under tmp_path too (the working directory)."""
     import mlflow
 
     monkeypatch.chdir(tmp_path)
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("tests")  # forget the experiment an earlier test made active in another store

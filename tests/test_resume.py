@@ -22,7 +22,7 @@ from pipelines.stages.train import train
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs, trained_params
 
-CONFIG = ["train.steps=400", "train.meta_batch=4", "train.checkpoint_every=10", "eval.tasks=8", "experiment=resume", "train.compile=false"]
+CONFIG = ["train.steps=200", "train.meta_batch=4", "train.checkpoint_every=10", "eval.tasks=8", "experiment=resume", "train.compile=false"]
 
 
 def cli(*args, cwd, **kwargs):
@@ -57,10 +57,10 @@ def test_sigkilled_driver_resumes_to_the_uninterrupted_parameters(ray_local, tra
     reference = trained_params(run(load("sinusoid", [*CONFIG, "experiment=reference"]), tracking))
 
     workdir = tmp_path / "killed"
-    driver = start_killable_run(workdir, 100)
+    driver = start_killable_run(workdir, 50)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    assert 100 <= checkpoint_step(workdir / "checkpoints") < 400
+    assert 50 <= checkpoint_step(workdir / "checkpoints") < 200
 
     [parent] = pipeline_runs()
     assert parent.info.status == "RUNNING"  # what a SIGKILL leaves behind
@@ -78,7 +78,7 @@ def test_sigkilled_driver_resumes_to_the_uninterrupted_parameters(ray_local, tra
         torch.testing.assert_close(result[k], reference[k], rtol=0, atol=1e-6)
     train_run = parent.data.tags["train_run_id"]
     steps = [m.step for m in MlflowClient().get_metric_history(train_run, "meta_loss")]
-    assert sorted(steps) == list(range(400))  # every step logged exactly once across the kill
+    assert sorted(steps) == list(range(200))  # every step logged exactly once across the kill
 
 
 def test_rerun_with_unchanged_config_does_nothing_and_changed_eval_reuses_prepare_and_train(ray_local, tracking, capsys):

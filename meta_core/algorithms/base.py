@@ -34,12 +34,21 @@ class Algorithm:
     whatever else the outer loop learns (Meta-SGD's learning rates, ``lr.*``).
     ``checkpoint_inner`` recomputes each inner step in the backward pass instead
     of keeping its activations: less memory, one more forward per step.
+    ``input_shape`` is one example's shape, for learners that generate examples.
     """
 
-    def __init__(self, model: nn.Module, kind: str, inner_steps: int = 1, inner_lr: float = 0.01, checkpoint_inner: bool = False):
+    # Whether ``task_grad``, ``evaluate`` and ``predict`` draw random numbers (from torch's default generator). The
+    # callers then seed it from each task's key (``meta_core.tasks.seeded_noise``) and run task by task, never vmap-ed:
+    # a task sees the same noise on any worker, as it sees the same examples.
+    draws_noise = False
+
+    def __init__(
+        self, model: nn.Module, kind: str, inner_steps: int = 1, inner_lr: float = 0.01, checkpoint_inner: bool = False,
+        input_shape: tuple[int, ...] | None = None,
+    ):  # fmt: skip
         self.model, self.kind = model, kind
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
-        self.checkpoint_inner = checkpoint_inner
+        self.checkpoint_inner, self.input_shape = checkpoint_inner, input_shape
 
     def init(self, weights: Params) -> Params:
         """Meta-parameters at the start of training, from freshly initialised weights."""

@@ -5,7 +5,7 @@ from torch import nn
 
 from meta_core.algorithms.base import Algorithm, task_loss
 from meta_core.autodiff import grad
-from meta_core.models import Params
+from meta_core.models import Params, forward
 from meta_core.tasks import Task
 
 
@@ -29,6 +29,16 @@ class EpisodeLearner(Algorithm):
 
     def logits(self, params: Params, task: Task) -> torch.Tensor:
         """``(queries, ways)`` logits for the query set given the labelled support set."""
+        weights = self.weights(params)
+        support, labels = self.support_set(params, forward(self.model, weights, task.support_x), task.support_y)
+        return self.classify(support, labels, forward(self.model, weights, task.query_x))
+
+    def support_set(self, params: Params, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedded, labelled support set that queries are classified against (a hallucinator adds to it)."""
+        return embeddings, labels
+
+    def classify(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """``(queries, ways)`` logits of embedded queries given the embedded support set."""
         raise NotImplementedError
 
     def predict(self, params: Params, support_x, support_y, query_x, steps: int | None = None) -> torch.Tensor:

@@ -9,9 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from meta_core.algorithms.episodic import EpisodeLearner, one_hot
-from meta_core.models import Params, forward
 from meta_core.registry import AlgorithmSpec, register_algorithm
-from meta_core.tasks import Task
 
 
 def attend(queries: torch.Tensor, support: torch.Tensor, support_onehot: torch.Tensor) -> torch.Tensor:
@@ -23,10 +21,8 @@ def attend(queries: torch.Tensor, support: torch.Tensor, support_onehot: torch.T
 class MatchingNet(EpisodeLearner):
     """Logits are log-probabilities, so cross-entropy on them is the paper's negative log-likelihood."""
 
-    def logits(self, params: Params, task: Task) -> torch.Tensor:
-        support = forward(self.model, params, task.support_x)
-        probs = attend(forward(self.model, params, task.query_x), support, one_hot(task.support_y, self.ways))
-        return probs.log()
+    def classify(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        return attend(queries, support, one_hot(labels, self.ways)).log()
 
 
 register_algorithm(

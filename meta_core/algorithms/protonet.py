@@ -3,9 +3,7 @@
 import torch
 
 from meta_core.algorithms.episodic import EpisodeLearner, one_hot
-from meta_core.models import Params, forward
 from meta_core.registry import AlgorithmSpec, register_algorithm
-from meta_core.tasks import Task
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
@@ -20,10 +18,8 @@ def negative_squared_distances(queries: torch.Tensor, centres: torch.Tensor) -> 
 
 
 class ProtoNet(EpisodeLearner):
-    def logits(self, params: Params, task: Task) -> torch.Tensor:
-        support = forward(self.model, params, task.support_x)
-        centres = prototypes(support, task.support_y, self.ways)
-        return negative_squared_distances(forward(self.model, params, task.query_x), centres)
+    def classify(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        return negative_squared_distances(queries, prototypes(support, labels, self.ways))
 
 
 register_algorithm(
