@@ -44,8 +44,13 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def channels_and_side(shape: tuple[int, ...]) -> tuple[int, int]:
+    """An image example's channels and side: ``(H, W)`` is one channel (grayscale), ``(C, H, W)`` is ``C``."""
+    return (shape[0] if len(shape) == 3 else 1), shape[-1]
+
+
 class Conv4(nn.Module):
-    """Four 3x3 conv blocks and a linear head, for 28x28 single-channel images."""
+    """Four 3x3 conv blocks and a linear head: 28x28 grayscale by default, any channels and size."""
 
     def __init__(self, ways: int, width: int = 64, channels: int = 1, image_size: int = 28):
         super().__init__()
@@ -86,7 +91,7 @@ MLP_SPEC = register_model(
 CONV4_SPEC = register_model(
     ModelSpec(
         "conv4",
-        lambda shape, outputs, width: Conv4(outputs, width, image_size=shape[-1]),
+        lambda shape, outputs, width: Conv4(outputs, width, *channels_and_side(shape)),
         "four 3x3 conv blocks and a linear head",
         inputs=("images",),
         options=(positive_int("width", 64, "filters per layer"),),

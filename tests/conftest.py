@@ -46,13 +46,19 @@ def ray_local(ray_session):
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables made: creating them takes seconds, copying the file does not."""
-    import mlflow
+    """An MLflow SQLite store with its tables made: creating them takes seconds, copying the file does not.
 
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.set_tracking_uri(f"sqlite:///{path}")
-    mlflow.set_experiment("tests")
-    return path
+    Made in its own folder: the store fixes its default experiment's artifact folder under the working directory.
+    """
+    from mlflow.tracking import MlflowClient
+
+    folder, cwd = tmp_path_factory.mktemp("store"), os.getcwd()
+    os.chdir(folder)
+    try:
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    finally:
+        os.chdir(cwd)
+    return folder / "mlflow.db"
 
 
 @pytest.fixture

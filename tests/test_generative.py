@@ -203,14 +203,20 @@ def test_a_users_table_of_features_or_images(tmp_path, name, images):
 # -- through the cluster and the pipeline ----------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One prepared Omniglot for every run here."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def small(omniglot, cache) -> list[str]:
     return [*omniglot.overrides(omniglot.zips[0]), "data.rotations=false", "model.width=8", "task.queries=2", f"data.cache_dir={cache}"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["hallucination", "metagan"])
-def test_one_and_three_workers_train_the_same_parameters(ray_local, omniglot, tmp_path, name):
-    cfg = {w: config(*small(omniglot, tmp_path), f"cluster.workers={w}", "train.steps=2", name=name) for w in (1, 3)}
+def test_one_and_three_workers_train_the_same_parameters(ray_local, omniglot, cache, name):
+    cfg = {w: config(*small(omniglot, cache), f"cluster.workers={w}", "train.steps=2", name=name) for w in (1, 3)}
     one, three = train(cfg[1]), train(cfg[3])
     assert not np.allclose(one, start(cfg[1])[2].numpy())  # it trained
     np.testing.assert_allclose(three, one, rtol=1e-5, atol=1e-6)
@@ -218,9 +224,9 @@ def test_one_and_three_workers_train_the_same_parameters(ray_local, omniglot, tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["hallucination", "metagan"])
-def test_a_generative_learner_is_tracked_registered_and_served(ray_local, tracking, omniglot, tmp_path, name):
+def test_a_generative_learner_is_tracked_registered_and_served(ray_local, tracking, omniglot, cache, name):
     overrides = ["train.steps=3", "train.meta_batch=4", "eval.tasks=4", "eval.steps=[1]", "cluster.workers=2", "train.compile=false"]
-    cfg = load(name, [*small(omniglot, tmp_path), *overrides, f"register.model_name=served-{name}"])
+    cfg = load(name, [*small(omniglot, cache), *overrides, f"register.model_name=served-{name}"])
     parent = mlflow.get_run(run(cfg, tracking))
     assert parent.info.status == "FINISHED" and parent.data.tags["algorithm"] == name
     assert np.isfinite(parent.data.metrics["eval_post_adapt_acc"])
