@@ -25,12 +25,12 @@ def measure(algorithm: str, steps: int, width: int, device: str) -> dict:
     """Extra peak memory (MiB) and seconds of one ``task_grad`` with ``steps`` inner steps, in this process."""
     import torch
 
-    from benchmarks.memory import conv4_learner, extra_peak_mib, omniglot_shaped_task
+    from benchmarks.memory import conv4_learner, extra_peak_mib, shaped_task
 
     torch.set_num_threads(1)
-    task = omniglot_shaped_task(5, 15, device)
+    task = shaped_task(5, 15, device)
     algo, params = conv4_learner(algorithm, steps, 0.1, width, device)
-    algo.task_grad(params, omniglot_shaped_task(5, 1, device))  # load every kernel before the baseline
+    algo.task_grad(params, shaped_task(5, 1, device))  # load every kernel before the baseline
     started = time.perf_counter()
     mib = extra_peak_mib(lambda: algo.task_grad(params, task), device)
     return {"mib": mib, "s": time.perf_counter() - started}

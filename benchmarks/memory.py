@@ -1,5 +1,5 @@
-"""Peak memory of one Omniglot-shaped task's meta-gradient against inner steps:
-second-order MAML, first-order MAML, and second-order MAML with a checkpointed inner loop.
+"""Peak memory of one task's meta-gradient against inner steps: second-order MAML, first-order MAML, and
+second-order MAML with a checkpointed inner loop; Omniglot-shaped (28x28) or mini-ImageNet-shaped (3x84x84).
 
 Each figure is measured in a fresh process, during one ``task_grad`` of a 5-way
 1-shot, 15-query task on conv4, above what was in use just before it: on CUDA
@@ -9,6 +9,7 @@ allocator keeps and reuses freed pages, which hides the few MiB per inner step.
 A one-query task runs first, so that loading code is not counted.
 
     .venv/bin/python -m benchmarks.memory --measure '{"variant": "checkpointed", "inner_steps": 10}'
+    .venv/bin/python -m benchmarks.memory --measure '{"variant": "second order", "inner_steps": 5, "shape": [3, 84, 84], "width": 32}'
 """
 
 import argparse
@@ -51,7 +52,8 @@ class PeakHeap(TorchDispatchMode):
 
 
 VARIANTS = {"second order": ("maml", {}), "first order": ("fomaml", {}), "checkpointed": ("maml", {"checkpoint_inner": True})}
-DEFAULTS = {"width": 64, "device": "cpu"}
+DEFAULTS = {"width": 64, "device": "cpu", "shape": [28, 28]}
+MINI_IMAGENET = {"shape": [3, 84, 84], "width": 32}  # MAML's mini-ImageNet network (32 filters), on random images
 
 
 def extra_peak_mib(call, device: str) -> float:
@@ -68,20 +70,20 @@ def extra_peak_mib(call, device: str) -> float:
     return (heap.peak - heap.start) / 2**20
 
 
-def conv4_learner(name: str, inner_steps: int, inner_lr: float, width: int, device: str, **options):
-    """A 5-way conv4 learner of algorithm ``name`` and its initial parameters, on ``device``."""
+def conv4_learner(name: str, inner_steps: int, inner_lr: float, width: int, device: str, shape=(28, 28), **options):
+    """A 5-way conv4 learner of algorithm ``name`` for examples of ``shape``, and its initial parameters, on ``device``."""
     from meta_core.registry import ALGORITHMS, MODELS
 
-    model = MODELS["conv4"].make((28, 28), 5, width=width).to(device)
+    model = MODELS["conv4"].make(tuple(shape), 5, width=width).to(device)
     algo = ALGORITHMS[name].make(model, "classification", inner_steps=inner_steps, inner_lr=inner_lr, **options)
     return algo, {k: v.to(device) for k, v in algo.initial_params(0).items()}
 
 
-def omniglot_shaped_task(shots: int, queries: int, device: str):
-    """A 5-way task of random 28x28 images."""
+def shaped_task(shots: int, queries: int, device: str, shape=(28, 28)):
+    """A 5-way task of random images of ``shape`` (Omniglot's 28x28 by default)."""
     from meta_core.tasks import ClassificationTasks, task_rng
 
-    images = np.random.default_rng(0).random((10, 20, 28, 28), dtype=np.float32)
+    images = np.random.default_rng(0).random((10, 20, *shape), dtype=np.float32)
     return ClassificationTasks(images, ways=5, shots=shots, queries=queries).sample(task_rng(0, 0, 0, 0)).to(device)
 
 
@@ -89,9 +91,9 @@ def measure(spec: dict) -> dict:
     spec = {**DEFAULTS, **spec}
     device = spec["device"]
     torch.set_num_threads(1)
-    task, warmup = (omniglot_shaped_task(1, queries, device) for queries in (15, 1))
+    task, warmup = (shaped_task(1, queries, device, spec["shape"]) for queries in (15, 1))
     name, options = VARIANTS[spec["variant"]]
-    algo, params = conv4_learner(name, spec["inner_steps"], 0.4, spec["width"], device, **options)
+    algo, params = conv4_learner(name, spec["inner_steps"], 0.4, spec["width"], device, spec["shape"], **options)
     algo.task_grad(params, warmup)  # every module and kernel this variant uses is loaded before the baseline
     extra = extra_peak_mib(lambda: algo.task_grad(params, task), device)
     started = time.perf_counter()  # timed again, outside the measurement

@@ -19,6 +19,7 @@ import torch
 
 from benchmarks.aggregation import sweep
 from benchmarks.common import in_fresh_process, matmul_peak_gflops
+from benchmarks.memory import MINI_IMAGENET
 
 WORKLOADS = {"sinusoid": 25, "omniglot": 32}  # meta-batch
 SINUSOID_STEPS = 10  # sinusoid steps are about 100x cheaper: time 10x as many, after 10x the warm-up
@@ -81,13 +82,21 @@ def throughput(args) -> list[str]:
 
 
 def memory(args) -> list[str]:
+    """The Omniglot-shaped table at ``--width``, then the mini-ImageNet-shaped one (3x84x84, 32 filters as MAML's)."""
+    lines = []
+    for title, shape in ((f"28x28, conv4 width {args.width}", {"width": args.width}), ("3x84x84, conv4 width 32", MINI_IMAGENET)):
+        lines += memory_table(title, shape, args.device)
+    return lines
+
+
+def memory_table(title: str, shape: dict, device: str) -> list[str]:
     variants = ("second order", "first order", "checkpointed")
-    lines = [f"peak MiB of one task's meta-gradient, conv4 width {args.width}, 5-way 1-shot 15 queries (s in brackets)"]
+    lines = [f"peak MiB of one task's meta-gradient, {title}, 5-way 1-shot 15 queries (s in brackets)"]
     lines.append(f"{'inner steps':>11} " + " ".join(f"{v:>20}" for v in variants))
     for steps in (1, 5, 10):
         cells = []
         for variant in variants:
-            r = in_fresh_process("benchmarks.memory", {"variant": variant, "inner_steps": steps, "width": args.width, "device": args.device})
+            r = in_fresh_process("benchmarks.memory", {"variant": variant, "inner_steps": steps, "device": device, **shape})
             cells.append(f"{r['mib']:>11.0f} ({r['s']:>5.2f}s)")
         lines.append(f"{steps:>11} " + " ".join(cells))
     return lines

@@ -28,6 +28,13 @@ def test_memory_benchmark_sees_second_order_grow_with_inner_steps_and_checkpoint
     assert abs(mib["first order", 10] - mib["first order", 1]) < 5
 
 
+def test_memory_benchmark_measures_colour_images_too():
+    """The mini-ImageNet-shaped table's path (3 channels), at a small size: second order keeps each inner step."""
+    colour = {"shape": [3, 32, 32], "width": 8}
+    mib = {steps: measure({"variant": "second order", "inner_steps": steps, **colour})["mib"] for steps in (1, 5)}
+    assert mib[5] > mib[1] > 0
+
+
 def test_share_profile_sees_the_same_operators_and_calls_in_a_worker_as_in_process():
     """The two sides of benchmarks/profile_share.py must profile the same work, or their differences mean nothing."""
     script = "import json; from benchmarks.profile_share import measure; print(json.dumps(measure('sinusoid', steps=3, overrides=['train.compile=false'])))"
