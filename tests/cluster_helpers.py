@@ -51,8 +51,7 @@ def train(config: Config, worker_cls=None, between_steps=lambda step, driver: No
 def summed_gradient(config: Config, flat: torch.Tensor, layout, step: int, indices) -> torch.Tensor:
     """The meta-gradients of tasks ``indices`` of ``step`` at ``flat``, summed in this process."""
     vectorize = vectorized(config.train.vectorize, config.model.name, on_gpu=False)
-    source = task_source(config, splits(config)["train"])
-    total, _ = share_gradient(build_learner(config), source, flat, layout, config.seed, step, indices, vectorize)
+    total, _ = share_gradient(build_learner(config), task_source(config), flat, layout, config.seed, step, indices, vectorize)
     return total
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from meta_core.algorithms.generative import GENERATOR, Generative, generator_options, mlp
 from meta_core.algorithms.maml import MAML
-from meta_core.autodiff import grad
+from meta_core.autodiff import grads
 from meta_core.models import Params, forward
 from meta_core.registry import AlgorithmSpec, positive_int, register_algorithm
 from meta_core.tasks import Task
@@ -62,25 +62,21 @@ class MetaGAN(Generative, MAML):
         """MAML's inner loop on the real support set plus freshly generated fakes."""
         return super().adapt(params, *self.with_fakes(params, x, y, self.draw(x)), steps)
 
-    def adapted_on(self, params: Params, task: Task, noise) -> tuple[Params, torch.Tensor]:
-        """The adapted learner, with its logits for fresh fakes (both made from ``noise``'s two batches)."""
-        adapted = super().adapt(params, *self.with_fakes(params, task.support_x, task.support_y, noise[0]))
-        return adapted, forward(self.model, adapted, self.generate(params, task.support_x, noise[1]))
+    def losses(self, params: Params, task: Task, noise, pre_adapt: bool):
+        """The learner's and the generator's losses from one adaptation (on the real support set plus fakes from
+        ``noise[0]``), with the metrics; fresh fakes come from ``noise[1]``.
 
-    def learner_loss(self, params: Params, task: Task, noise, pre_adapt: bool):
-        """``ways + 1`` cross-entropy of the adapted learner on the real queries and the fakes, with the metrics."""
-        adapted, fake = self.adapted_on(params, task, noise)
+        The learner's: ``ways + 1`` cross-entropy of the adapted learner on the real queries and the fakes. The
+        generator's, non-saturating: ``-log P(not fake)`` of the fakes under the adapted learner.
+        """
+        adapted = super().adapt(params, *self.with_fakes(params, task.support_x, task.support_y, noise[0]))
+        fake = forward(self.model, adapted, self.generate(params, task.support_x, noise[1]))
         real = forward(self.model, adapted, task.query_x)  # real and fake queries apart: batch norm sees the real ones alone, as at prediction
-        loss = (F.cross_entropy(real, task.query_y, reduction="sum") + F.cross_entropy(fake, self.fake_labels(fake), reduction="sum")) / (
+        learner = (F.cross_entropy(real, task.query_y, reduction="sum") + F.cross_entropy(fake, self.fake_labels(fake), reduction="sum")) / (
             len(real) + len(fake)
         )
-        return loss, self.task_metrics(params, adapted, task, pre_adapt, real)
-
-    def generator_loss(self, params: Params, task: Task, noise):
-        """Non-saturating: ``-log P(not fake)`` of the fakes under the adapted learner."""
-        _, fake = self.adapted_on(params, task, noise)
-        loss = (fake.logsumexp(-1) - fake[:, : self.ways].logsumexp(-1)).mean()
-        return loss, loss.detach()
+        generator = (fake.logsumexp(-1) - fake[:, : self.ways].logsumexp(-1)).mean()
+        return (learner, generator), {**self.task_metrics(params, adapted, task, pre_adapt, real), "generator_loss": generator.detach()}
 
     def fake_labels(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.full((len(logits),), self.ways, dtype=torch.long, device=logits.device)
@@ -89,10 +85,8 @@ class MetaGAN(Generative, MAML):
         """The learner's weights follow the learner's loss, the generator's follow the generator's loss; both see the
         same fakes."""
         noise = torch.stack([self.draw(task.support_x), self.draw(task.support_x)])
-        grads, metrics = grad(self.learner_loss, has_aux=True)(params, task, noise, pre_adapt)
-        generator_grads, generator_loss = grad(self.generator_loss, has_aux=True)(params, task, noise)
-        grads.update({k: g for k, g in generator_grads.items() if k.startswith(GENERATOR)})
-        return grads, {**metrics, "generator_loss": generator_loss}
+        (learner, generator), metrics = grads(self.losses, has_aux=True)(params, task, noise, pre_adapt)
+        return {k: generator[k] if k.startswith(GENERATOR) else g for k, g in learner.items()}, metrics
 
     def query_metrics(self, weights: Params, task: Task, prefix: str, out=None) -> dict[str, torch.Tensor]:
         """Over the real classes only, as predictions are."""
