@@ -25,7 +25,7 @@ def mlp(weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 
 def conv4(weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    x = x.unsqueeze(1)
+    x = x.unsqueeze(1) if x.dim() == 3 else x  # grayscale (batch, H, W), or colour (batch, C, H, W)
     for i in range(4):
         w, b, gamma, beta = weights[4 * i : 4 * i + 4]
         x = F.batch_norm(F.conv2d(x, w, b, padding=1), None, None, gamma, beta, training=True)

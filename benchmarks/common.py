@@ -23,9 +23,10 @@ def omniglot_data() -> list[str]:
 
 
 def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu", overrides=()) -> tuple[dict, dict]:
-    """The config and task splits of ``sinusoid`` (MLP, meta-batch 25, 10-shot) or ``omniglot``
-    (5-way 1-shot, conv4, meta-batch 32, 15 queries, 1 inner step, second order) on ``omniglot_data``,
-    with ``overrides`` (``key=value``) on top. On CUDA the workers share one card: ``num_gpus`` is 1/workers each."""
+    """The config and task splits of ``sinusoid`` (MLP, meta-batch 25, 10-shot), ``omniglot``
+    (5-way 1-shot, conv4, meta-batch 32, 15 queries, 1 inner step, second order) on ``omniglot_data``, or
+    ``mini_imagenet`` (MAML's 5-way 1-shot protocol: 3x84x84, conv4 of 32 filters, meta-batch 4, 15 queries, 5 inner
+    steps, second order) on ``mini_imagenet_standin``, with ``overrides`` (``key=value``) on top. On CUDA the workers share one card: ``num_gpus`` is 1/workers each."""
     from pipelines.config import CONFIG_DIR, load
 
     gpus = 1 / workers if device == "cuda" else 0
@@ -35,8 +36,23 @@ def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu", 
     import data
     from pipelines.build import prepared
 
-    config = load(str(CONFIG_DIR / "omniglot.yaml"), [*omniglot_data(), f"model.width={width}", *overrides])
+    if name == "mini_imagenet":
+        config = load(str(CONFIG_DIR / "benchmarks" / "maml_mini_imagenet_1shot.yaml"), [f"data.source={mini_imagenet_standin()}", *overrides])
+    else:
+        config = load(str(CONFIG_DIR / "omniglot.yaml"), [*omniglot_data(), f"model.width={width}", *overrides])
     return config, data.load_splits(prepared(config))
+
+
+def mini_imagenet_standin() -> Path:
+    """mini-ImageNet's pickles with random images of its shape (84x84x3, 16 a class: one shot and 15 queries), made once
+    under data/cache: the mini-ImageNet workload measures speed, for which the pixels do not matter."""
+    from data.dataset import CACHE
+    from tests.benchmark_data import mini_imagenet_pickles
+
+    folder = CACHE / "benchmarks" / "mini-imagenet-standin"
+    if not folder.exists():
+        mini_imagenet_pickles(folder, per_class=16, side=84)
+    return folder
 
 
 def finished(device: str) -> None:

@@ -21,7 +21,7 @@ from benchmarks.aggregation import sweep
 from benchmarks.common import in_fresh_process, matmul_peak_gflops
 from benchmarks.memory import MINI_IMAGENET
 
-WORKLOADS = {"sinusoid": 25, "omniglot": 32}  # meta-batch
+WORKLOADS = {"sinusoid": 25, "omniglot": 32, "mini_imagenet": 4}  # meta-batch
 SINUSOID_STEPS = 10  # sinusoid steps are about 100x cheaper: time 10x as many, after 10x the warm-up
 # The baseline as it is, with the heap setting every worker makes, and with that and its query pass compiled as the
 # pipeline's compiled rows are: each of the pipeline's rows has a baseline with the same tricks beside it.
@@ -49,7 +49,7 @@ def throughput(args) -> list[str]:
         peak = f"matmul peak (float32, 1024^2): {matmul_peak_gflops(1):.1f} GFLOP/s on 1 thread, {matmul_peak_gflops(args.cores):.1f} on {args.cores}"
     lines = [
         peak,
-        f"{'workload':<9} {'path':<18} {'s/step':>8} {'tasks/s':>8} {'x base':>7} {'x best':>7} {'GFLOP/s':>8} {'MB/step':>8} "
+        f"{'workload':<13} {'path':<18} {'s/step':>8} {'tasks/s':>8} {'x base':>7} {'x best':>7} {'GFLOP/s':>8} {'MB/step':>8} "
         f"{'driver MiB':>10} {'worker MiB':>10}" + (f" {'GPU MiB':>8}" if gpu else ""),
     ]
     for name in args.workloads:
@@ -62,20 +62,20 @@ def throughput(args) -> list[str]:
         gflop, reference, best = results["baseline"]["task_gflop"] * meta_batch, results["baseline"]["step_s"], results[strongest]["step_s"]
         for label, r in results.items():
             if "failure" in r:
-                lines.append(f"{name:<9} {label:<18} not measured: torch cannot compile it ({r['failure']})")
+                lines.append(f"{name:<13} {label:<18} not measured: torch cannot compile it ({r['failure']})")
                 continue
             lines.append(
-                f"{name:<9} {label:<18} {r['step_s']:>8.4f} {meta_batch / r['step_s']:>8.1f} {reference / r['step_s']:>7.2f} {best / r['step_s']:>7.2f} "
+                f"{name:<13} {label:<18} {r['step_s']:>8.4f} {meta_batch / r['step_s']:>8.1f} {reference / r['step_s']:>7.2f} {best / r['step_s']:>7.2f} "
                 f"{gflop / r['step_s']:>8.2f} {r['bytes'] / 1e6:>8.3f} {r['driver_mib']:>10.0f} {r['worker_mib']:>10.0f}"
                 + (f" {r['gpu_mib']:>8.0f}" if gpu else "")
             )
-        lines.append(f"{name:<9} x best is against the strongest baseline: {strongest}")
+        lines.append(f"{name:<13} x best is against the strongest baseline: {strongest}")
         alone = min(results["in-process loop"]["step_s"], results["in-process vmap"]["step_s"])
         for label in [f"ray x1 {args.per_call}/call", "ray x1"]:
             if label in results:
                 ray_s = results[label]["step_s"]
                 lines.append(
-                    f"{name:<9} Ray overhead at 1 worker ({label}): {100 * (1 - alone / ray_s):.0f}% of the step, {1000 * (ray_s - alone):.1f} ms "
+                    f"{name:<13} Ray overhead at 1 worker ({label}): {100 * (1 - alone / ray_s):.0f}% of the step, {1000 * (ray_s - alone):.1f} ms "
                     f"(vs the faster in-process path); an empty call to a worker takes {1000 * results[label]['call_s']:.1f} ms"
                 )
     return lines

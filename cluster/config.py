@@ -5,8 +5,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from meta_core.outer import OuterLoop
 from meta_core.registry import Learner
 
@@ -28,10 +26,10 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class WorkerSetup:
     """What a worker needs, as plain arguments: the learner, how a split's examples become its task source
-    (``tasks(examples)``), the outer loop (for workers that take the outer step), and how to run."""
+    (``tasks(examples, split=name)``), the outer loop (for workers that take the outer step), and how to run."""
 
     learner: Learner
-    tasks: Callable[[np.ndarray | None], Any]
+    tasks: Callable[..., Any]
     outer: OuterLoop
     seed: int = 0
     pre_adapt_every: int = 10  # steps between pre-adaptation metrics (an extra forward pass each)

@@ -102,6 +102,11 @@ class Driver:
                 f"the cluster lacks num_cpus={self.cluster.num_cpus}, num_gpus={self.cluster.num_gpus}, "
                 f"resources={dict(self.cluster.resources)} per worker"
             )
+        try:
+            ray.get(started)
+        except ActorDiedError as e:  # a constructor raised: every replacement would raise the same, so stop here
+            self.shutdown()
+            raise RuntimeError(f"a worker failed while starting: {str(e).strip().splitlines()[-1]}") from e
 
     def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
         """Mean meta-gradient (float64) over the meta-batch of ``step``, and mean metrics."""

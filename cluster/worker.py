@@ -59,7 +59,7 @@ class MetaWorker:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.algo = setup.learner.build()
         self.algo.model.to(self.device)
-        self.sources = {name: setup.tasks(examples) for name, examples in splits.items()}
+        self.sources = {name: setup.tasks(examples, split=name) for name, examples in splits.items()}
         self.seed, self.layout, self.pre_adapt_every = setup.seed, layout, setup.pre_adapt_every
         self.vectorize, self.compiled = vectorized(setup.vectorize, setup.learner.model.name, use_gpu), setup.compile
 

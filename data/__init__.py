@@ -3,7 +3,7 @@
 Importing this package registers the built-in data sets' specs (``data.registry.DATASETS``).
 """
 
-from data import generated, omniglot, table  # noqa: F401
+from data import cifar, cub, generated, mini_imagenet, omniglot, table, tiered_imagenet  # noqa: F401
 from data.dataset import load_splits, manifest_of, prepare, split_names
 from data.registry import DATASETS, DataConfig, DatasetSpec, register_dataset
 from data.sources import DataError

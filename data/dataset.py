@@ -1,11 +1,12 @@
-"""Raw sources -> one cached Parquet dataset with train/test splits -> contiguous arrays.
+"""Raw sources -> one cached Parquet dataset with train/test (and validation) splits -> contiguous arrays.
 
 A prepared dataset is a folder ``data/cache/<name>-<digest>/`` holding ``train.parquet``,
 ``test.parquet`` and ``manifest.json``. The digest covers the data config, the seed and
 the sources' checksums, so preparing again is free and any change builds a new folder.
-Each Parquet row is one sample: its class index, label, group and a fixed-size float32
-array (the resized image, or the features); rows are sorted by class so a split loads
-as a single (classes, samples, ...) array with no per-row Python.
+Each Parquet row is one sample: its class index, label, group and a fixed-size array:
+an image's uint8 pixels (a quarter of float32's bytes; scaled and normalised per task,
+``meta_core.tasks.as_inputs``) or float32 features. Rows are sorted by class so a split
+loads as a single (classes, samples, ...) array with no per-row Python.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ from data.registry import DATASETS, Classes, DataConfig
 from data.sources import DataError, file_digest, resolve
 from meta_core.tasks import TaskShape
 
-FORMAT_VERSION = 2  # 2: an optional validation split
+FORMAT_VERSION = 3  # 2: an optional validation split; 3: images as uint8, published splits
 CACHE = Path(__file__).parent / "cache"
 SPLITS = ("train", "val", "test")  # "val" only where data.val_size holds some out
 # Keys that change where or how a dataset is found, not what it holds.
@@ -58,8 +59,11 @@ def held_out_count(size, units: int, key: str, unit: str) -> int:
 
 
 def assign_splits(keys: list[tuple[str, str]], data: DataConfig, seed: int) -> dict[tuple[str, str], str]:
-    """Each class's split. Whole groups (or classes) are drawn from ``seed``: the test ones first, then the
-    validation ones from the rest, so the test split is the same whatever ``data.val_size`` is."""
+    """Each class's split: its published one (the key's group) for a data set with ``fixed_splits``; otherwise whole
+    groups (or classes) drawn from ``seed``, the test ones first, then the validation ones from the rest, so the test
+    split is the same whatever ``data.val_size`` is."""
+    if DATASETS[data.name].fixed_splits:
+        return {key: key[0] for key in keys}
     by_group = data.split == "group"
     if by_group and any(group == "" for group, _ in keys):
         raise DataError("data.split: 'group' needs every class to have a group; set data.group_column or use data.split=class")
@@ -88,8 +92,9 @@ def rotated(x: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
 
 
 def write_split(path: Path, x: np.ndarray, labels: list[str], groups: list[str]) -> None:
+    """One split's rows; ``x`` is uint8 (images) or float32 (features), and is stored as it is."""
     classes, samples = x.shape[:2]
-    flat = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
+    flat = pa.array(np.ascontiguousarray(x).reshape(-1))
     columns = {
         "class": pa.array(np.repeat(np.arange(classes, dtype=np.int32), samples)),
         "label": pa.array(np.repeat(labels, samples)),
@@ -111,13 +116,17 @@ def build(folder: Path, data: DataConfig, seed: int, checked: list[dict]) -> dic
         "preprocessing": (
             {"features": list(data.features)}
             if data.features
-            else {"image_size": data.image_size, "resample": "lanczos", "omniglot_strokes": 1.0, "rotations": data.rotations}
+            else {"image_size": data.image_size, "resample": "lanczos", "dtype": "uint8", "omniglot_strokes": 255, "rotations": data.rotations}
         ),
-        "splits": {"by": data.split, "test_size": data.test_size, "val_size": data.val_size, "seed": seed},
+        "splits": (
+            {"by": "published"}
+            if DATASETS[data.name].fixed_splits
+            else {"by": data.split, "test_size": data.test_size, "val_size": data.val_size, "seed": seed}
+        ),
     }
     for split in SPLITS:
         part = {k: v for k, v in classes.items() if split_of[k] == split}
-        if not part:  # no validation split unless data.val_size asks for one
+        if not part:  # no validation split unless data.val_size asks for one (or the set publishes one)
             continue
         x, samples, smallest = rectangular(part)
         labels = ["/".join(k) for k in part]
@@ -151,7 +160,7 @@ def prepare(data: DataConfig, seed: int, task: TaskShape) -> Path:
         for path, sha256 in resolve(source, root / "downloads"):
             checked.append({"source": source, "path": str(path.resolve()), "sha256": sha256})
     content = {k: v for k, v in asdict(data).items() if k not in NOT_CONTENT}
-    key = json.dumps({"data": content, "seed": seed, "sha256": [s["sha256"] for s in checked]}, sort_keys=True)
+    key = json.dumps({"format": FORMAT_VERSION, "data": content, "seed": seed, "sha256": [s["sha256"] for s in checked]}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = root / f"{data.name}-{digest}"
     if not (folder / "manifest.json").exists():
@@ -196,7 +205,8 @@ def check_task(folder: Path, task: TaskShape) -> None:
 
 
 def load_splits(folder: str | Path) -> dict[str, np.ndarray]:
-    """``{"train": ..., "test": ...}`` (and ``"val"``), each one contiguous float32 array read with pyarrow (no per-row Python)."""
+    """``{"train": ..., "test": ...}`` (and ``"val"``), each one contiguous array as stored (uint8 images, float32
+    features), read with pyarrow (no per-row Python)."""
     folder = Path(folder)
     manifest = manifest_of(folder)
     splits, out = manifest["splits"], {}

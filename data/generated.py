@@ -1,15 +1,15 @@
 """Data sets drawn from a formula: nothing to read or prepare, a task is a pure function of its random stream."""
 
-from data.registry import DatasetSpec, register_dataset
+from data.registry import DataConfig, DatasetSpec, register_dataset
 from meta_core.rl import PointGoals
 from meta_core.tasks import SinusoidTasks, TaskShape
 
 
-def sinusoid_tasks(shape: TaskShape, examples: None, adapt_steps: int) -> SinusoidTasks:
+def sinusoid_tasks(shape: TaskShape, examples: None, adapt_steps: int, data: DataConfig, split: str) -> SinusoidTasks:
     return SinusoidTasks(shape.shots, shape.queries)
 
 
-def point_goals(shape: TaskShape, examples: None, adapt_steps: int) -> PointGoals:
+def point_goals(shape: TaskShape, examples: None, adapt_steps: int, data: DataConfig, split: str) -> PointGoals:
     """Goals with exploration noise for every batch of rollouts the most adaptation steps take, and one more."""
     return PointGoals(shape.shots, shape.horizon, adapt_steps + 1)
 

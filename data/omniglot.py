@@ -12,18 +12,20 @@ from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks
 from data.sources import DataError
 
 
-def decode(raw: bytes, size: int, where: str, invert: bool) -> np.ndarray:
-    """Encoded image bytes as a ``size`` x ``size`` grayscale float image in [0, 1], resized once, antialiased.
+def decode(raw: bytes, size: int, where: str, invert: bool = False, colour: bool = False) -> np.ndarray:
+    """Encoded image bytes as a ``size`` x ``size`` uint8 image, resized once, antialiased: grayscale (H, W), or
+    with ``colour`` RGB channels first (3, H, W).
 
-    ``invert`` turns black-on-white drawings into strokes at 1.0 on a 0.0 background.
+    ``invert`` turns black-on-white drawings into strokes at 255 on a 0 background.
     """
     try:
         with Image.open(io.BytesIO(raw)) as image:
-            image = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+            image = image.convert("RGB" if colour else "L").resize((size, size), Image.Resampling.LANCZOS)
     except Exception as e:  # PIL raises many types for corrupt or non-image bytes
         raise DataError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return 1.0 - pixels if invert else pixels
+    pixels = np.asarray(image, dtype=np.uint8)
+    pixels = 255 - pixels if invert else pixels
+    return pixels.transpose(2, 0, 1).copy() if colour else pixels
 
 
 def zip_entries(path: Path, archive: zipfile.ZipFile) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:

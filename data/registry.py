@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from meta_core.tasks import ClassificationTasks, TaskShape
+from meta_core.tasks import ClassificationTasks, Stats, TaskShape
 
 # (group, class) -> the class's examples, each an array of one example's shape: what a reader returns.
 Classes = dict[tuple[str, str], list[np.ndarray]]
@@ -27,6 +27,7 @@ class DataConfig:
     test_size: float | int = 0.25
     val_size: float | int = 0
     rotations: bool = False
+    augment: bool = False
     image_size: int = 28
     label_column: str = "label"
     group_column: str | None = None
@@ -40,14 +41,16 @@ class DatasetSpec:
     """A data set as the pipeline sees it.
 
     ``kind``: ``regression``, ``classification`` or ``rl`` (a task asks for a value, a class, or actions). ``tasks(shape,
-    examples, adapt_steps)`` is a split's task source (``examples`` is the split's ``(classes, samples, ...)``
+    examples, adapt_steps, data, split)`` is a split's task source (``examples`` is the split's ``(classes, samples, ...)``
     array, or None for tasks drawn from a formula; ``adapt_steps`` the most adaptation steps a task must
-    support). ``example(data)`` is what a model sees of one example: its kind (``images``,
+    support; ``split`` its name, as only training tasks are augmented). ``example(data)`` is what a model sees of one example: its kind (``images``,
     ``vectors``, ``observations``) and shape; ``outputs(shape)`` how many values the model gives for it (the
     ways, one regression target, the action's size). ``read(path, data)`` turns one ``data.source`` into ``Classes``;
     without it the data set is drawn from a formula and has nothing to prepare. ``default_model(data)`` names
     the model used when ``model.name`` is null. ``check(data)`` returns what is wrong with a ``data:`` section
-    for this data set, or None. ``sources`` says what ``data.source`` may name.
+    for this data set, or None. ``sources`` says what ``data.source`` may name. ``fixed_splits``: the reader puts
+    each class in its published split (the class key's group is ``train``, ``val`` or ``test``), instead of the
+    split being drawn by ``data.split``. ``stats``: per channel, the mean and deviation its images are normalised by.
     """
 
     name: str
@@ -60,6 +63,8 @@ class DatasetSpec:
     read: Callable[[Path, DataConfig], Classes] | None = None
     check: Callable[[DataConfig], str | None] = field(default_factory=lambda: no_feature_columns)
     sources: str = ""
+    fixed_splits: bool = False
+    stats: Stats | None = None
 
     @property
     def generated(self) -> bool:
@@ -76,9 +81,10 @@ def ways(shape: TaskShape) -> int:
     return shape.ways
 
 
-def classification_tasks(shape: TaskShape, examples: np.ndarray, adapt_steps: int) -> ClassificationTasks:
-    """N-way K-shot episodes from a prepared split, for every classification data set."""
-    return ClassificationTasks(examples, shape.ways, shape.shots, shape.queries)
+def classification_tasks(shape: TaskShape, examples: np.ndarray, adapt_steps: int, data: DataConfig, split: str) -> ClassificationTasks:
+    """N-way K-shot episodes from a prepared split, for every classification data set; augmented for training."""
+    augment = data.augment and split == "train"
+    return ClassificationTasks(examples, shape.ways, shape.shots, shape.queries, DATASETS[data.name].stats, augment)
 
 
 DATASETS: dict[str, DatasetSpec] = {}

@@ -21,6 +21,11 @@ OMNIGLOT_CHECKSUMS = {
     "images_background": "md5:68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "md5:6b91aef0f799c5bb55b94e3f2daec811",
 }
+# Other official archives by name: their URL, and the checksum torchvision's loader verifies them with.
+OFFICIAL_ARCHIVES = {
+    "cifar-100-python": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "md5:eb9058c3a382ffc7106e4002c42a8d85"),
+}
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz")
 # Seconds without a byte from the server before a download gives up: an offline machine fails fast, and a
 # stalled transfer resumes from its .part file on the next try.
 NETWORK_TIMEOUT_S = 8
@@ -53,6 +58,20 @@ def check(path: Path, expected: str, where: str) -> None:
         raise DataError(f"{where}: {algorithm} {actual} does not match the expected {hexdigest}")
 
 
+def official(name: str) -> tuple[str, str] | None:
+    """The URL and checksum of an official file, by its name without the archive suffix; None for any other name."""
+    if name in OMNIGLOT_CHECKSUMS:
+        return OMNIGLOT_URL.format(name=name), OMNIGLOT_CHECKSUMS[name]
+    return OFFICIAL_ARCHIVES.get(name)
+
+
+def official_checksum(filename: str) -> str | None:
+    """The checksum an archive with an official file name must have, wherever it comes from."""
+    suffix = next((s for s in ARCHIVE_SUFFIXES if filename.endswith(s)), None)
+    found = official(filename.removesuffix(suffix)) if suffix else None
+    return found[1] if found else None
+
+
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
@@ -61,10 +80,10 @@ def resolve(source: str, downloads: Path) -> list[tuple[Path, str]]:
     """Local paths for ``source``, each with its sha256.
 
     ``source`` is a path, a URL (optionally ending in ``#sha256=<hex>``), or the
-    name of an official Omniglot zip (``images_background``...), which is
-    downloaded from the data set's repository. A folder holding zips stands for
-    those zips. Official zips are verified against their known checksums
-    wherever they come from.
+    name of an official file (an Omniglot zip, ``images_background``...; CIFAR-100's
+    ``cifar-100-python``), which is downloaded from its home. A folder holding zips
+    stands for those zips. Official archives are verified against their known
+    checksums wherever they come from.
     """
     url, _, fragment = source.partition("#sha256=")
     expected = f"sha256:{fragment}" if fragment else None
@@ -72,16 +91,18 @@ def resolve(source: str, downloads: Path) -> list[tuple[Path, str]]:
     if is_url(url) or path.exists():
         zips = sorted(path.glob("*.zip")) if path.is_dir() else []
         return [verified(str(z), None, downloads) for z in zips] or [verified(url, expected, downloads)]
-    if url not in OMNIGLOT_CHECKSUMS:
-        raise DataError(f"data.source: {source} does not exist (expected a path, a URL or one of {sorted(OMNIGLOT_CHECKSUMS)})")
-    return [verified(OMNIGLOT_URL.format(name=url), expected, downloads)]
+    found = official(url)
+    if found is None:
+        names = sorted([*OMNIGLOT_CHECKSUMS, *OFFICIAL_ARCHIVES])
+        raise DataError(f"data.source: {source} does not exist (expected a path, a URL or one of {names})")
+    return [verified(found[0], expected, downloads)]
 
 
 def verified(url: str, expected: str | None, downloads: Path) -> tuple[Path, str]:
-    """A local path for ``url`` (downloaded if it is a URL) and its sha256; a zip with an official name, or any
+    """A local path for ``url`` (downloaded if it is a URL) and its sha256; an archive with an official name, or any
     ``expected`` checksum, must match."""
     name = Path(url).name
-    expected = expected or (OMNIGLOT_CHECKSUMS.get(name.removesuffix(".zip")) if name.endswith(".zip") else None)
+    expected = expected or official_checksum(name)
     if not is_url(url):
         path = Path(url)
         if expected:
@@ -114,7 +135,7 @@ def download(url: str, target: Path, expected: str | None) -> Path:
         reason = getattr(e, "reason", e)
         raise DataError(
             f"data.source: cannot download {url} ({reason}); without network access, fetch it elsewhere "
-            f"and pass its local path (a zip, or a folder of zips): --set data.source=PATH"
+            f"and pass its local path: --set data.source=PATH"
         ) from None
     if expected:
         try:

@@ -80,25 +80,62 @@ class SinusoidTasks:
         return Task(x[: self.shots], y[: self.shots], x[self.shots :], y[self.shots :])
 
 
-class ClassificationTasks:
-    """N-way K-shot episodes drawn from images shaped (classes, samples, H, W).
+Stats = tuple[tuple[float, ...], tuple[float, ...]]  # per channel: the mean and standard deviation of pixels in [0, 1]
 
-    The image array may be a read-only view into shared memory: sampling only
+
+def normalized(pixels: torch.Tensor, stats: Stats | None) -> torch.Tensor:
+    """Pixels in [0, 1] as a model sees them: less the data set's mean and over its deviation, per channel (dim -3)."""
+    if stats is None:
+        return pixels
+    mean, std = (torch.tensor(s, dtype=pixels.dtype).view(-1, 1, 1) for s in stats)
+    return (pixels - mean) / std
+
+
+def as_inputs(examples: np.ndarray, stats: Stats | None = None) -> torch.Tensor:
+    """Stored examples as model inputs: images (uint8) scaled to [0, 1] and ``normalized``; features as they are."""
+    x = torch.from_numpy(np.ascontiguousarray(examples))
+    return normalized(x.float() / 255, stats) if x.dtype == torch.uint8 else x.float()
+
+
+def crop_and_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The standard train-time augmentation: each image padded by an eighth of its side with zeros, cropped back
+    at a random offset, and mirrored left to right half the time; drawn from the task's generator."""
+    height, width = images.shape[-2:]
+    pad = max(1, height // 8)
+    flat = images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images.reshape(-1, 1, height, width)  # colour or grey
+    padded = np.pad(flat, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    offsets = rng.integers(0, 2 * pad + 1, size=(len(flat), 2))
+    flips = rng.random(len(flat)) < 0.5
+    out = np.empty_like(flat)
+    for i, ((top, left), flip) in enumerate(zip(offsets, flips, strict=True)):
+        crop = padded[i, :, top : top + height, left : left + width]
+        out[i] = crop[..., ::-1] if flip else crop
+    return out.reshape(images.shape)
+
+
+class ClassificationTasks:
+    """N-way K-shot episodes drawn from examples shaped (classes, samples, ...): images as uint8, or features.
+
+    The array may be a read-only view into shared memory: sampling only
     gathers from it, so the copy made here is one task's worth of pixels.
+    Images are scaled and normalised (``as_inputs``) per task, after the
+    optional augmentation (``crop_and_flip``), which only training tasks take.
     """
 
-    def __init__(self, images: np.ndarray, ways: int, shots: int, queries: int):
+    def __init__(self, images: np.ndarray, ways: int, shots: int, queries: int, stats: Stats | None = None, augment: bool = False):
         classes, samples = images.shape[:2]
         if ways > classes:
             raise ValueError(f"task.ways: {ways} ways but the split has only {classes} classes")
         if shots + queries > samples:
             raise ValueError(f"task.shots + task.queries: {shots}+{queries} exceeds the {samples} samples per class")
         self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
+        self.stats, self.augment = stats, augment
 
     def sample(self, rng: np.random.Generator) -> Task:
         classes = rng.choice(self.images.shape[0], size=self.ways, replace=False)
         picks = np.stack([rng.choice(self.images.shape[1], size=self.shots + self.queries, replace=False) for _ in classes])
-        episode = torch.from_numpy(np.ascontiguousarray(self.images[classes[:, None], picks], dtype=np.float32))
+        examples = self.images[classes[:, None], picks]
+        episode = as_inputs(crop_and_flip(examples, rng) if self.augment else examples, self.stats)
         labels = torch.arange(self.ways).unsqueeze(1)
         support, query = episode[:, : self.shots], episode[:, self.shots :]
         return Task(

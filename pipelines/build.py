@@ -36,13 +36,13 @@ def build_learner(config: Config) -> Algorithm:
 
 
 def tasks(config: Config):
-    """``tasks(examples)``: a split's task source, able to serve the most adaptation steps training or evaluation takes."""
+    """``tasks(examples, split)``: a split's task source, able to serve the most adaptation steps training or evaluation takes."""
     adapt_steps = max(config.algorithm.inner_steps, *config.eval.steps)
-    return functools.partial(config.dataset.tasks, config.task, adapt_steps=adapt_steps)
+    return functools.partial(config.dataset.tasks, config.task, adapt_steps=adapt_steps, data=config.data)
 
 
-def task_source(config: Config, examples: np.ndarray | None = None):
-    return tasks(config)(examples)
+def task_source(config: Config, examples: np.ndarray | None = None, split: str = "train"):
+    return tasks(config)(examples, split=split)
 
 
 def outer_loop(config: Config) -> OuterLoop:

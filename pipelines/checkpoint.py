@@ -10,11 +10,12 @@ def path_for(checkpoint_dir: str, train_run_id: str) -> Path:
     return Path(checkpoint_dir) / f"{train_run_id}.pt"
 
 
-def save(path: Path, flat: torch.Tensor, optimizer: torch.optim.Optimizer, step: int, stage_key: str) -> None:
-    """Everything needed to continue at ``step``; a crash mid-write leaves the previous checkpoint intact."""
+def save(path: Path, flat: torch.Tensor, optimizer: torch.optim.Optimizer, step: int, stage_key: str, best: dict | None = None) -> None:
+    """Everything needed to continue at ``step``, with ``best``, the selection on validation so far (tensors and
+    numbers); a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    state = {"flat": flat.detach().clone(), "optimizer": optimizer.state_dict(), "step": step, "stage_key": stage_key}
+    state = {"flat": flat.detach().clone(), "optimizer": optimizer.state_dict(), "step": step, "stage_key": stage_key, "best": best}
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())

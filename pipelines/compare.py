@@ -1,5 +1,6 @@
-"""Side-by-side comparison of pipeline runs: a table (printed and CSV) and their learning curves (PNG); and of each
-sweep's trials: a table sorted by the sweep's metric and a PNG of the metric against each searched key."""
+"""Side-by-side comparison of pipeline runs: a table (printed and CSV), with the published figure each config names
+beside its own, and their learning curves (PNG); and of each sweep's trials: a table sorted by the sweep's metric and
+a PNG of the metric against each searched key."""
 
 import json
 from pathlib import Path
@@ -38,9 +39,12 @@ def headline(metrics: pd.Series) -> tuple[str, float, float]:
 
 
 def table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per pipeline run: what it ran, its headline figure beside the published one (``published.*``) where
+    its config names one, ours minus theirs, its speed and how it ended."""
     rows = []
     for _, r in runs.iterrows():
         metric, value, ci95 = headline(r)
+        published = r.get("metrics.published_acc", float("nan"))
         rows.append(
             {
                 "run_id": r["run_id"],
@@ -53,9 +57,13 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
                 "metric": metric,
                 "value": value,
                 "ci95": ci95,
+                "published": published,
+                "published_ci95": r.get("metrics.published_acc_ci95", float("nan")),
+                "vs_published": value - published,
                 "tasks_per_s": r.get("metrics.train_tasks_per_s"),
                 "wall_s": (r["end_time"] - r["start_time"]).total_seconds() if pd.notna(r["end_time"]) else float("nan"),
                 "status": r["status"],
+                "published_source": r.get("tags.published_source"),
             }
         )
     return pd.DataFrame(rows)

@@ -54,12 +54,15 @@ class TrainConfig:
     checkpoint_dir: str
     vectorize: bool | str
     compile: bool
+    select_on: str  # last: the parameters after the last step | val: the best validated ones
+    patience: int | None  # select_on val: stop after this many validations in a row without improvement
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     tasks: int
     steps: tuple[int, ...]
+    val_tasks: int  # the fixed validation tasks behind each validation figure (train.select_on: val, a sweep's trials)
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,16 @@ class RegisterConfig:
 @dataclass(frozen=True)
 class SweepConfig:
     trial_steps: int | None  # meta-steps each trial trains at most (None: train.steps)
-    val_tasks: int  # the fixed validation tasks behind each trial's figure
     reduction_factor: float  # ASHA keeps the best 1/reduction_factor of the trials that reach each rung
+
+
+@dataclass(frozen=True)
+class PublishedConfig:
+    """A paper's figure for this config's protocol, shown beside ours; in no stage's key, so editing it reruns nothing."""
+
+    acc: float | None  # test accuracy, a fraction, as eval_*_acc
+    ci95: float | None  # its 95% interval's half-width
+    source: str | None  # the paper and table
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class Config:
     cluster: ClusterConfig
     register: RegisterConfig
     sweep: SweepConfig
+    published: PublishedConfig
 
     @property
     def dataset(self) -> DatasetSpec:
@@ -223,6 +235,7 @@ def one_of(*values) -> Rule:
 
 POSITIVE_INT: Rule = ("a positive integer", lambda v: is_int(v) and v > 0)
 NON_NEGATIVE_INT: Rule = ("a non-negative integer", lambda v: is_int(v) and v >= 0)
+OPTIONAL_POSITIVE_INT: Rule = ("a positive integer or null", lambda v: v is None or (is_int(v) and v > 0))
 POSITIVE_NUMBER: Rule = ("a positive number", lambda v: is_number(v) and v > 0)
 NON_NEGATIVE_NUMBER: Rule = ("a non-negative number", lambda v: is_number(v) and v >= 0)
 BOOLEAN: Rule = one_of(True, False)
@@ -245,6 +258,7 @@ RULES: dict[str, Rule] = {
     "data.test_size": HELD_OUT,
     "data.val_size": ("0, a fraction between 0 and 1, or a whole number of groups (or classes)", lambda v: v == 0 and is_int(v) or HELD_OUT[1](v)),
     "data.rotations": BOOLEAN,
+    "data.augment": BOOLEAN,
     "data.image_size": POSITIVE_INT,
     "data.label_column": NAME,
     "data.image_column": NAME,
@@ -270,8 +284,11 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_dir": NAME,
     "train.vectorize": one_of("auto", True, False),
     "train.compile": BOOLEAN,
+    "train.select_on": one_of("last", "val"),
+    "train.patience": OPTIONAL_POSITIVE_INT,
     "eval.tasks": POSITIVE_INT,
     "eval.steps": ("a non-empty list of positive integers", lambda v: isinstance(v, list) and bool(v) and all(is_int(s) and s > 0 for s in v)),
+    "eval.val_tasks": POSITIVE_INT,
     "cluster.address": OPTIONAL_NAME,
     "cluster.workers": POSITIVE_INT,
     "cluster.num_cpus": POSITIVE_NUMBER,
@@ -280,9 +297,11 @@ RULES: dict[str, Rule] = {
     "cluster.aggregation": one_of("driver", "allreduce"),
     "cluster.steps_per_call": POSITIVE_INT,
     "register.model_name": OPTIONAL_NAME,
-    "sweep.trial_steps": ("a positive integer or null", lambda v: v is None or (is_int(v) and v > 0)),
-    "sweep.val_tasks": POSITIVE_INT,
+    "sweep.trial_steps": OPTIONAL_POSITIVE_INT,
     "sweep.reduction_factor": ("a number above 1", lambda v: is_number(v) and v > 1),
+    "published.acc": ("a fraction between 0 and 1 or null", lambda v: v is None or (is_number(v) and 0 <= v <= 1)),
+    "published.ci95": ("a non-negative number or null", lambda v: v is None or NON_NEGATIVE_NUMBER[1](v)),
+    "published.source": OPTIONAL_NAME,
 }
 
 
@@ -378,13 +397,48 @@ def from_dict(config: dict) -> Config:
             f"config key 'cluster.steps_per_call': more than 1 needs cluster.aggregation: allreduce "
             f"(there the workers take the outer step themselves), got {cluster.steps_per_call}"
         )
-    evaluation = EvalConfig(config["eval"]["tasks"], tuple(config["eval"]["steps"]))
+    evaluation = EvalConfig(config["eval"]["tasks"], tuple(config["eval"]["steps"]), config["eval"]["val_tasks"])
     register = RegisterConfig(**config["register"])
     check_register(register, algorithm, evaluation, dataset)
-    return Config(
+    published = PublishedConfig(**config["published"])
+    check_published(published, dataset)
+    whole = Config(
         config["seed"], config["experiment"], config["run_name"], data_config, TaskShape(**config["task"]), model, algorithm, train, evaluation, cluster, register,
-        SweepConfig(**config["sweep"]),
+        SweepConfig(**config["sweep"]), published,
     )  # fmt: skip
+    check_selection(whole)
+    return whole
+
+
+def has_validation(config: Config) -> bool:
+    """Whether there are validation tasks: a stream of their own for sets drawn from a formula, else a split carved by
+    ``data.val_size`` or published with the data set."""
+    return config.dataset.generated or config.data.val_size != 0 or config.dataset.fixed_splits
+
+
+def check_selection(config: Config) -> None:
+    """Selecting on validation needs validation tasks, and patience counts validations."""
+    train = config.train
+    if train.patience is not None and train.select_on != "val":
+        raise ConfigError(f"config key 'train.patience': counts validations, which needs train.select_on: val, got {train.select_on!r}")
+    if train.select_on == "val" and not has_validation(config):
+        raise ConfigError(
+            f"config key 'train.select_on': val selects on a validation split and {config.data.name} has none here; "
+            f"set data.val_size (a fraction or a count of the training groups or classes to hold out)"
+        )
+
+
+def check_published(published: PublishedConfig, dataset: DatasetSpec) -> None:
+    """A published figure is a test accuracy with its source; the interval and the source describe it."""
+    if published.acc is None:
+        for key, value in (("ci95", published.ci95), ("source", published.source)):
+            if value is not None:
+                raise ConfigError(f"config key 'published.{key}': describes published.acc, which is null")
+        return
+    if published.source is None:
+        raise ConfigError("config key 'published.source': required with published.acc: the paper and table, e.g. 'Finn et al. 2017, Table 1'")
+    if dataset.kind != "classification":
+        raise ConfigError(f"config key 'published.acc': an accuracy, and {dataset.name} tasks report only losses")
 
 
 def check_register(register: RegisterConfig, algorithm: AlgorithmConfig, evaluation: EvalConfig, dataset: DatasetSpec) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from data.omniglot import decode
 from data.sources import DataError
-from meta_core.tasks import Task
+from meta_core.tasks import Task, as_inputs
 from pipelines import tracking
 from pipelines.artifacts import load_trained, read_trained
 
@@ -45,8 +45,8 @@ def read_episode(root: Path, run: str, size: int) -> Task:
         targets.append(index[parts[1]])
     if not items:
         raise DataError(f"{labels_file}: no test items")
-    support = torch.from_numpy(np.stack([read_image(path, size) for path in training]))
-    return Task(support, torch.arange(len(training)), torch.from_numpy(np.stack(items)), torch.tensor(targets))
+    support = as_inputs(np.stack([read_image(path, size) for path in training]))
+    return Task(support, torch.arange(len(training)), as_inputs(np.stack(items)), torch.tensor(targets))
 
 
 def load_model(model_uri: str):

@@ -10,7 +10,9 @@ training continues from its last checkpoint.
 
 import contextlib
 import json
+import operator
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 from typing import Callable
 
@@ -83,6 +85,7 @@ def evaluate_body(ctx: Context, run) -> dict:
     _, _, params = load_trained(ctx.outputs["train"]["run_id"])
     metrics, table = evaluate(ctx.config, ctx.driver(), flatten(params))
     mlflow.log_table(table, "evaluation.json")
+    tracking.log_published(ctx.config)
     log_plots(ctx.outputs["train"]["run_id"], table)
     return {"run_id": run.info.run_id, "summary": metrics}
 
@@ -94,16 +97,22 @@ def register_body(ctx: Context, run) -> dict:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    reads: tuple[str, ...]  # config sections (or single keys) whose values define the stage's inputs
+    reads: tuple[str, ...]  # config sections (or dotted keys) whose values define the stage's inputs
     after: tuple[str, ...]  # stages whose outputs it uses
     body: Callable[[Context, Run], dict]  # returns the stage's outputs (JSON); "summary" metrics go to the parent too
     still_valid: Callable[[dict], bool] = lambda outputs: True  # can recorded outputs still be used?
+    reads_when: Callable[[Config], tuple[str, ...]] = lambda config: ()  # what it reads under some configs only
+
+
+def validation_reads(config: Config) -> tuple[str, ...]:
+    """Selecting on validation also reads how many tasks it validates on and the figure it ranks (register.metric's twin)."""
+    return ("eval.val_tasks", "register.metric") if config.train.select_on == "val" else ()
 
 
 STAGES = [
     Stage("prepare", ("seed", "data", "task"), (), prepare_body, lambda out: out["dataset"] is None or Path(out["dataset"]).is_dir()),
-    Stage("train", ("seed", "task", "model", "algorithm", "train", "cluster"), ("prepare",), train_body),
-    Stage("evaluate", ("seed", "task", "eval"), ("prepare", "train"), evaluate_body),
+    Stage("train", ("seed", "task", "model", "algorithm", "train", "cluster"), ("prepare",), train_body, reads_when=validation_reads),
+    Stage("evaluate", ("seed", "task", "eval.tasks", "eval.steps"), ("prepare", "train"), evaluate_body),
     Stage("register", ("register",), ("train", "evaluate"), register_body),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
@@ -111,7 +120,7 @@ STAGE_NAMES = [s.name for s in STAGES]
 
 def stage_key(stage: Stage, config: Config, outputs: dict) -> str:
     sections = config.as_dict()
-    inputs = {k: sections[k] for k in stage.reads}
+    inputs = {k: reduce(operator.getitem, k.split("."), sections) for k in (*stage.reads, *stage.reads_when(config))}
     inputs["upstream"] = {name: outputs[name] for name in stage.after}
     return digest(inputs)
 
@@ -183,6 +192,7 @@ def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] 
         with tracked_run(**start, log_system_metrics=True) as parent:
             if "run_id" not in start:
                 tracking.log_config(config)
+                tracking.log_published(config)
             for stage in STAGES:
                 run_stage(stage, ctx, parent, stage.name in force)
     finally:

@@ -7,7 +7,8 @@ rebuilt by ``read_trained`` without unpickling anything.
 A request is one task, one row per example:
 
     set      "support" or "query"
-    x        the example's flattened features (a 28x28 image is 784 floats)
+    x        the example's flattened features, or pixels in [0, 1] (a 28x28 image is 784 floats; a colour
+             image is channels first, 3x84x84); images are normalised as in training
     y        class id (0..ways-1) or regression target; null for queries
 
 The answer has one row per query, in request order: ``prediction`` (class id
@@ -27,6 +28,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
+from meta_core.tasks import normalized
 from pipelines.artifacts import read_trained
 from pipelines.config import Config
 
@@ -100,7 +102,8 @@ class FewShotModel(PythonModel):
         return self.stack(support["x"]), labels, self.stack(query["x"])
 
     def stack(self, column: pd.Series) -> torch.Tensor:
-        return torch.from_numpy(np.stack(column.to_numpy()).astype(np.float32)).reshape(-1, *self.shape)
+        x = torch.from_numpy(np.stack(column.to_numpy()).astype(np.float32)).reshape(-1, *self.shape)
+        return normalized(x, self.config.dataset.stats)
 
 
 mlflow.models.set_model(FewShotModel())

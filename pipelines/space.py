@@ -8,12 +8,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import Config, ConfigError, read_yaml
+from pipelines.config import Config, ConfigError, has_validation, read_yaml
 
 RANGES = ("uniform", "loguniform", "randint")  # [low, high]
 LISTS = ("choice", "grid")  # the values themselves
 # What a sweep holds the same for every trial: where it runs and logs, its data, and how trials are judged and stopped.
-NOT_SEARCHABLE = ("experiment", "run_name", "data", "cluster", "register", "sweep", "train.steps", "train.checkpoint_every", "train.checkpoint_dir")
+NOT_SEARCHABLE = (
+    "experiment", "run_name", "data", "cluster", "register", "sweep", "train.steps", "train.checkpoint_every", "train.checkpoint_dir", "eval.val_tasks",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def sweep_config(config: Config, space: Space) -> Config:
         config = config.with_values(space.fixed)
     except ConfigError as e:
         raise ConfigError(f"{space.path}: {e}") from None
-    if not config.dataset.generated and not config.data.val_size:
+    if not has_validation(config):
         raise ConfigError(
             f"config key 'data.val_size': a sweep selects on a validation split carved from the training classes, and "
             f"{config.data.name} has none here; set data.val_size (a fraction or a count of classes) in the space file or with --set"

@@ -37,7 +37,7 @@ from pipelines.config import Config, ConfigError, digest, from_dict, load
 from pipelines.config import flatten as flat_keys
 from pipelines.pipeline import fresh_params, load_splits, run, search, tracked_run
 from pipelines.space import Space, read_space, sweep_config
-from pipelines.stages.evaluate import evaluate
+from pipelines.stages.evaluate import rankable, val_metric
 from pipelines.stages.register import higher_is_better
 from pipelines.stages.train import train
 
@@ -61,8 +61,7 @@ class Sweep:
 
     @property
     def metric(self) -> str:
-        """The validation twin of ``register.metric``: ``eval_post_adapt_loss`` -> ``val_post_adapt_loss``."""
-        return "val" + self.config.register.metric.removeprefix("eval")
+        return val_metric(self.config)
 
     @property
     def mode(self) -> str:
@@ -84,16 +83,13 @@ class Sweep:
         runs = search(self.experiment_id, trial_id=trial_id, **{"mlflow.parentRunId": self.run_id})
         return runs[0] if runs else None
 
-    def rankable(self, value: float) -> float:
-        """A diverged trial's NaN as the worst possible figure: ASHA ignores NaN, and would never stop it."""
-        return value if math.isfinite(value) else (-math.inf if self.mode == "max" else math.inf)
-
 
 def run_trial(values: dict, sweep: Sweep) -> None:
     """One trial, in a Tune actor: the train stage on the trial's config, its workers in the trial's placement group.
 
-    After each checkpoint the validation figures go to the trial's MLflow run and, with the checkpoint, to Tune. A
-    restored trial continues from the checkpoint Tune hands back.
+    After each checkpoint the validation figures go to the trial's MLflow run (the train stage logs them) and, with
+    the checkpoint, to Tune; a diverged trial's NaN as the worst figure, since ASHA ignores NaN and would never stop
+    it. A restored trial continues from the checkpoint Tune hands back.
     """
     mlflow.set_tracking_uri(sweep.tracking_uri)
     config = sweep.trial_config(values)
@@ -104,22 +100,18 @@ def run_trial(values: dict, sweep: Sweep) -> None:
     placement = PlacementGroupSchedulingStrategy(ray.util.get_current_placement_group())
     driver = make_driver(worker_setup(config), config.cluster, splits, layout_of(params), placement)
     flat = flatten(params).clone()
-    logged = tracking.MetricBuffer(run_id, logged_until=tracking.MetricBuffer.last_step(run_id, sweep.metric))
     key = digest(config.as_dict())  # of the trial's config, wherever its checkpoint is unpacked
     with tempfile.TemporaryDirectory() as scratch:
         local = config.with_values({"train.checkpoint_dir": scratch})
         if tune.get_checkpoint() is not None:
             tune.get_checkpoint().to_directory(scratch)
 
-        def validate(done: int) -> None:
-            metrics, _ = evaluate(local, driver, flat, "val")
-            logged.add(metrics, done)
-            logged.flush()
-            ranked = {sweep.metric: sweep.rankable(metrics[sweep.metric]), "step": done}
+        def report(done: int, metrics: dict[str, float]) -> None:
+            ranked = {sweep.metric: rankable(config, metrics[sweep.metric]), "step": done}
             tune.report(ranked, checkpoint=tune.Checkpoint.from_directory(scratch))
 
         try:
-            train(local, driver, flat, run_id, key, validate)
+            train(local, driver, flat, run_id, key, report)
         finally:
             driver.shutdown()
 
@@ -232,7 +224,7 @@ def start(
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(config.experiment)
     storage = str(Path(config.train.checkpoint_dir).resolve() / "sweeps")
-    metric = "val" + config.register.metric.removeprefix("eval")
+    metric = val_metric(config)
     tags = {
         **tracking.tags(config), "stage": "sweep", "sweep_metric": metric, "sweep_keys": ",".join(space.searched),
         "config_name": config_name, "tune_storage": storage, "sweep_mode": "max" if higher_is_better(config, metric) else "min",

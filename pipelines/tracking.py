@@ -64,6 +64,16 @@ def log_config(config: Config) -> None:
     mlflow.log_dict(config.as_dict(), "config.yaml")
 
 
+def log_published(config: Config) -> None:
+    """The paper's figure for this config, where set, in the active run: metrics ``published_acc`` (and
+    ``published_acc_ci95``), tag ``published_source``, to read beside ``eval_*_acc``."""
+    published = config.published
+    if published.acc is None:
+        return
+    mlflow.log_metrics({"published_acc": published.acc} | ({"published_acc_ci95": published.ci95} if published.ci95 is not None else {}))
+    mlflow.set_tag("published_source", published.source)
+
+
 def run_to_resume(run_id: str, stage: str, command: str) -> Run:
     """The run ``run_id`` of the store in use, which ``command`` continues: it must be a ``stage`` run."""
     try:

@@ -98,3 +98,17 @@ def test_allreduce_call_that_fails_is_computed_again_by_a_new_group_and_paramete
     assert (tmp_path / fault).exists(), "the fault was never injected"
     assert time.monotonic() - started < 50
     np.testing.assert_allclose(faulty, expected, rtol=1e-5, atol=1e-6)
+
+
+class FailsToStart(MetaWorker):
+    """A worker whose constructor raises, as a worker built from a broken setup would."""
+
+    def __init__(self, *args):
+        raise ValueError("broken setup")
+
+
+def test_a_worker_that_cannot_start_stops_the_run_at_once_instead_of_being_replaced(ray_local):
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="a worker failed while starting: ValueError: broken setup$"):
+        train(config("cluster.workers=2"), FailsToStart)
+    assert time.monotonic() - started < 60  # not share_timeout_s attempts at replacing it

@@ -1,5 +1,7 @@
 """Config loading and validation: every bad value is a one-line error naming its key."""
 
+import re
+
 import pytest
 
 from pipelines.config import ConfigError, load
@@ -82,3 +84,32 @@ def test_a_config_written_out_reads_back_the_same():
     for name in ("sinusoid", "omniglot", "imaml", "mann", "pointnav"):
         config = load(name)
         assert from_dict(config.as_dict()) == config
+
+
+def test_selecting_on_validation_needs_a_validation_split_and_patience_needs_selecting():
+    with pytest.raises(ConfigError, match=r"^config key 'train.select_on': .*omniglot has none here; set data.val_size") as error:
+        load("omniglot", ["train.select_on=val"])
+    assert len(str(error.value).splitlines()) == 1
+    assert load("omniglot", ["train.select_on=val", "data.val_size=0.2"]).train.select_on == "val"
+    assert load("sinusoid", ["train.select_on=val", "train.patience=3"]).train.patience == 3  # a formula's tasks have a validation stream
+    with pytest.raises(ConfigError, match=r"'train.patience': counts validations, which needs train.select_on: val"):
+        load("sinusoid", ["train.patience=3"])
+    with pytest.raises(ConfigError, match=r"'train.patience': expected a positive integer or null, got 0"):
+        load("sinusoid", ["train.select_on=val", "train.patience=0"])
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("omniglot", ["published.acc=1.5", "published.source=P"], "'published.acc': expected a fraction between 0 and 1 or null, got 1.5"),
+        ("omniglot", ["published.acc=0.9", "published.source=P", "published.ci95=-0.1"], "'published.ci95': expected a non-negative number"),
+        ("omniglot", ["published.acc=0.9"], "'published.source': required with published.acc"),
+        ("omniglot", ["published.acc=0.9", "published.source=''"], "'published.source': expected a non-empty string or null"),
+        ("omniglot", ["published.ci95=0.01"], "'published.ci95': describes published.acc, which is null"),
+        ("sinusoid", ["published.acc=0.9", "published.source=P"], "'published.acc': an accuracy, and sinusoid tasks report only losses"),
+    ],
+)
+def test_a_published_figure_is_an_accuracy_with_its_source(name, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(name, overrides)
+    assert load("omniglot", ["published.acc=0.488", "published.ci95=0.006", "published.source=Finn et al. 2017, Table 1"]).published.acc == 0.488

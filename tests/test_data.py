@@ -81,11 +81,11 @@ def test_two_overlapping_zips_keep_shared_characters_once_and_hold_out_whole_alp
     splits = data.load_splits(folder)
     assert set(splits) == {"train", "test"}  # no validation split unless data.val_size asks for one
     assert splits["train"].shape[0] + splits["test"].shape[0] == omniglot.characters  # the shared alphabets counted once
-    assert splits["train"].shape[1:] == (omniglot.drawings, 28, 28) and splits["train"].dtype == np.float32 and splits["train"].flags.c_contiguous
+    assert splits["train"].shape[1:] == (omniglot.drawings, 28, 28) and splits["train"].dtype == np.uint8 and splits["train"].flags.c_contiguous
     assert set(manifest["splits"]["train"]["groups"]).isdisjoint(manifest["splits"]["test"]["groups"])
     assert len(manifest["splits"]["test"]["groups"]) == round(omniglot.alphabets * 0.25)
     images = splits["test"]
-    assert images.max() == pytest.approx(1.0, abs=0.02) and np.median(images) == 0.0  # strokes 1.0 on a 0.0 background
+    assert images.max() >= 250 and np.median(images) == 0  # strokes 255 on a 0 background
     assert prepared(cfg) == folder and len(built(tmp_path)) == 1  # cached: found again, not rebuilt
 
 
@@ -163,7 +163,7 @@ def test_user_tables_of_features_and_of_image_bytes(tmp_path):
     )
     splits = data.load_splits(prepared(cfg))
     assert splits["train"].shape == (2, 3, 28, 28) and splits["test"].shape == (2, 3, 28, 28)
-    assert {round(float(v) * 255) for v in np.concatenate([splits["train"], splits["test"]])[:, :, 0, 0].ravel()} == set(range(0, 240, 20))
+    assert set(np.concatenate([splits["train"], splits["test"]])[:, :, 0, 0].ravel().tolist()) == set(range(0, 240, 20))
 
 
 def corrupt_zip(tmp_path, omniglot):

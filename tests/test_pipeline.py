@@ -5,7 +5,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import load
-from pipelines.pipeline import run
+from pipelines.pipeline import STAGES, run, stage_key
 
 FAST = ["train.steps=6", "train.meta_batch=6", "eval.tasks=12"]
 
@@ -38,3 +38,16 @@ def test_a_run_is_distributed_and_tracked_stage_by_stage(ray_local, tracking):
     assert {"tasks_per_s", "step_s", "pre_adapt_loss", "post_adapt_loss"} <= stages["train"].data.metrics.keys()
     pre = MlflowClient().get_metric_history(stages["train"].info.run_id, "pre_adapt_loss")
     assert [m.step for m in pre] == [0, 5]  # an extra forward pass: taken every train.pre_adapt_every steps
+
+
+def test_no_stage_reads_the_published_figure_and_only_training_that_selects_on_validation_reads_the_validation_tasks():
+    outputs = {stage.name: {} for stage in STAGES}
+
+    def keys(*overrides: str) -> dict[str, str]:
+        return {stage.name: stage_key(stage, load("omniglot", ["data.val_size=0.2", *overrides]), outputs) for stage in STAGES}
+
+    last, selecting = keys(), keys("train.select_on=val")
+    assert keys("published.acc=0.9", "published.source=P", "published.ci95=0.01") == last  # editing it retrains and re-evaluates nothing
+    assert keys("eval.val_tasks=7") == last
+    changed = keys("train.select_on=val", "eval.val_tasks=7")
+    assert {name for name in last if changed[name] != selecting[name]} == {"train"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.registry import DATASETS, DatasetSpec, register_dataset
+from data.registry import DATASETS, DataConfig, DatasetSpec, register_dataset
 from meta_core.algorithms.base import Algorithm, task_loss
 from meta_core.autodiff import grad
 from meta_core.models import forward
@@ -47,7 +47,7 @@ class Lines:
         return Task(x[: self.shots], y[: self.shots], x[self.shots :], y[self.shots :])
 
 
-def lines(shape: TaskShape, examples: None, adapt_steps: int) -> Lines:
+def lines(shape: TaskShape, examples: None, adapt_steps: int, data: DataConfig, split: str) -> Lines:
     return Lines(shape.shots, shape.queries)
 
 

@@ -30,7 +30,7 @@ from tests.cluster_helpers import config
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs
 
-SHORT = ["train.meta_batch=4", "train.compile=false", "cluster.workers=1", "sweep.val_tasks=20", "experiment=sweep"]
+SHORT = ["train.meta_batch=4", "train.compile=false", "cluster.workers=1", "eval.val_tasks=20", "experiment=sweep"]
 METRIC = "val_post_adapt_loss"
 
 
@@ -69,12 +69,12 @@ def test_a_prepared_dataset_without_a_validation_split_is_refused(tmp_path, monk
 
 
 def test_the_best_config_prints_as_a_run_command_that_rebuilds_it():
-    best = load("sinusoid").with_values({"algorithm.inner_lr": 1e-05, "algorithm.name": "fomaml", "eval.steps": [1, 2], "sweep.val_tasks": 7})
+    best = load("sinusoid").with_values({"algorithm.inner_lr": 1e-05, "algorithm.name": "fomaml", "eval.steps": [1, 2], "sweep.reduction_factor": 3})
     words = shlex.split(sweep.run_command("sinusoid", best))
     sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
     assert words[:5] == ["python", "-m", "pipelines", "run", "sinusoid"]
     assert sorted(sets) == ["algorithm.inner_lr=1.0e-05", "algorithm.name=fomaml", "eval.steps=[1, 2]"]  # sweep.* keys do not matter to run
-    assert load("sinusoid", [*sets, "sweep.val_tasks=7"]) == best
+    assert load("sinusoid", [*sets, "sweep.reduction_factor=3"]) == best
 
 
 def test_the_shipped_spaces_are_valid():

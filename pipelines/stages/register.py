@@ -1,5 +1,6 @@
 """Log the trained learner as a servable few-shot model, register it, and crown it if it beats the champion."""
 
+import shutil
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipelines.config import Config
 ROOT = Path(__file__).resolve().parents[2]
 # What the served model imports (the specs, and the config that names them); packed with it so `mlflow models serve`
 # needs no checkout.
-CODE_PATHS = [str(ROOT / package) for package in ("meta_core", "data", "cluster", "pipelines")]
+PACKAGES = ("meta_core", "data", "cluster", "pipelines")
 REQUIREMENTS = [f"{name}=={version(name)}" for name in ("mlflow", "torch", "numpy", "pandas", "PyYAML", "pyarrow", "pillow")]
 
 
@@ -30,6 +31,13 @@ def input_example(config: Config, kind: str) -> pd.DataFrame:
     else:
         labels, queries = rng.uniform(-1.0, 1.0, task.shots), 2
     return serving.request(rng.random((len(labels), *shape)), labels, rng.random((queries, *shape)))
+
+
+def code_paths(folder: Path) -> list[str]:
+    """Copies of the packages the served model imports, without the prepared data sets and downloads that
+    ``data/cache`` may hold (gigabytes for the ImageNet sets)."""
+    skip = shutil.ignore_patterns("__pycache__", "cache")
+    return [shutil.copytree(ROOT / package, folder / package, ignore=skip) for package in PACKAGES]
 
 
 def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -69,7 +77,7 @@ def register_stage(config: Config, train_run_id: str, eval_metrics: dict[str, fl
             name="model",
             python_model=serving.__file__,
             artifacts={serving.TRAINED: str(trained)},
-            code_paths=CODE_PATHS,
+            code_paths=code_paths(Path(tmp) / "code"),
             signature=serving.signature(trained_config, algo.kind),
             input_example=(input_example(trained_config, algo.kind), {"adapt_steps": algo.inner_steps}),
             pip_requirements=REQUIREMENTS,

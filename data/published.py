@@ -1,0 +1,103 @@
+"""What the standard few-shot benchmarks share: their published class lists, colour images, and how a copy is read.
+
+Each set's published split lives in ``data/splits/<set>.json`` (``train``, ``val`` and ``test`` class lists, and
+the ``source`` they were taken from). A reader returns ``Classes`` keyed by (split, class); a copy whose classes
+are not the published lists' is refused, naming the file.
+"""
+
+import io
+import json
+import pickle
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, register_dataset, ways
+from data.sources import DataError
+from meta_core.tasks import Stats
+
+SPLITS_DIR = Path(__file__).parent / "splits"
+PUBLISHED = ("train", "val", "test")
+# Per-channel pixel statistics in [0, 1], as MetaOptNet (Lee et al. 2019) normalises mini/tieredImageNet and CIFAR,
+# and as torchvision's ImageNet models (and Chen et al. 2019 on CUB) normalise photographs.
+MINI_IMAGENET_STATS: Stats = ((120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255), (70.68188272 / 255, 68.27635443 / 255, 72.54505529 / 255))
+CIFAR_STATS: Stats = ((129.37731888 / 255, 124.10583864 / 255, 112.47758569 / 255), (68.20947949 / 255, 65.43124043 / 255, 70.45866994 / 255))
+IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def class_lists(name: str) -> dict[str, list[str]]:
+    """The published split of ``name``: each split's classes."""
+    lists = json.loads((SPLITS_DIR / f"{name}.json").read_text())
+    return {split: lists[split] for split in PUBLISHED}
+
+
+def check_classes(found: Iterable[str], expected: list[str], where: str, split: str) -> None:
+    """A copy's classes must be exactly the published list's."""
+    found = set(found)
+    missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
+    if missing or extra:
+        raise DataError(
+            f"{where}: its classes do not match the published {split} list ({len(missing)} missing, e.g. {missing[:2]}; "
+            f"{len(extra)} not in it, e.g. {extra[:2]})"
+        )
+
+
+def colour(pixels: np.ndarray, size: int) -> np.ndarray:
+    """An RGB image (H, W, 3 uint8) as the cache keeps it: ``size`` x ``size``, channels first."""
+    if pixels.shape[:2] != (size, size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS))
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+class ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays, and refuses anything else: a pickle can run code."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: only arrays, lists and dicts are read")
+        return super().find_class(module, name)
+
+
+def load_pickle(raw: bytes, where: str, encoding: str = "latin1"):
+    """A pickle's content (Python 2 pickles too: their strings as ``encoding``), or a one-line error naming ``where``."""
+    try:
+        return ArraysOnly(io.BytesIO(raw), encoding=encoding).load()
+    except Exception as e:  # truncated, not a pickle, or refused
+        raise DataError(f"{where}: not a readable pickle of arrays ({type(e).__name__}: {e})") from None
+
+
+def keys_of(content, expected: tuple, where: str) -> None:
+    if not isinstance(content, dict) or not set(expected) <= set(content):
+        found = sorted(map(str, content)) if isinstance(content, dict) else type(content).__name__
+        raise DataError(f"{where}: expected a dict with keys {list(map(str, expected))}, found {found}")
+
+
+def register_colour_set(name: str, summary: str, read: Callable[[Path, DataConfig], Classes], stats: Stats, sources: str) -> DatasetSpec:
+    """A benchmark of colour images with a published split: conv4 by default, normalised by ``stats``."""
+    return register_dataset(
+        DatasetSpec(
+            name,
+            "classification",
+            summary,
+            tasks=classification_tasks,
+            outputs=ways,
+            example=lambda data: ("images", (3, data.image_size, data.image_size)),
+            default_model=lambda data: "conv4",
+            read=read,
+            sources=sources,
+            fixed_splits=True,
+            stats=stats,
+        )
+    )
