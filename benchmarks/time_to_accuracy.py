@@ -48,7 +48,7 @@ def measure(spec: dict) -> dict:
     algo = build_learner(config)
     params = algo.initial_params(seed)
     layout, flat = layout_of(params), flatten(params).clone()
-    sources = {name: task_source(config, images) for name, images in splits.items()}
+    sources = {name: task_source(config, images, name) for name, images in splits.items()}
     algo.model.to(device)  # evaluation runs where training does
     started = time.perf_counter()
     if spec["side"] == "baseline":

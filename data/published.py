@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, register_dataset, ways
+from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, no_feature_columns, register_dataset, ways
 from data.sources import DataError
 from meta_core.tasks import Stats
 
@@ -84,6 +84,13 @@ def keys_of(content, expected: tuple, where: str) -> None:
         raise DataError(f"{where}: expected a dict with keys {list(map(str, expected))}, found {found}")
 
 
+def keeps_published_split(data: DataConfig) -> str | None:
+    """The check of a set with a published split: no split is carved out of it, and it has no feature columns."""
+    if data.val_size:
+        return f"config key 'data.val_size': {data.name} keeps its published train/val/test split; leave data.val_size at 0"
+    return no_feature_columns(data)
+
+
 def register_colour_set(name: str, summary: str, read: Callable[[Path, DataConfig], Classes], stats: Stats, sources: str) -> DatasetSpec:
     """A benchmark of colour images with a published split: conv4 by default, normalised by ``stats``."""
     return register_dataset(
@@ -96,6 +103,7 @@ def register_colour_set(name: str, summary: str, read: Callable[[Path, DataConfi
             example=lambda data: ("images", (3, data.image_size, data.image_size)),
             default_model=lambda data: "conv4",
             read=read,
+            check=keeps_published_split,
             sources=sources,
             fixed_splits=True,
             stats=stats,

@@ -49,18 +49,21 @@ def test_each_format_trains_evaluates_registers_and_serves(ray_local, tracking, 
     assert parent.info.status == "FINISHED" and 0 <= parent.data.metrics["eval_post_adapt_acc"] <= 1
     served = mlflow.pyfunc.load_model("models:/standard@champion")
     test = data.load_splits(prepared(cfg))["test"]
-    support, query = test[:5, 0], test[:5, 1]
-    answer = served.predict(request(support / 255, np.arange(5), query / 255))  # a request's pixels are in [0, 1]
-    model = served.unwrap_python_model()
-    trained = model.algo.predict(model.params, as_inputs(support, cfg.dataset.stats), torch.arange(5), as_inputs(query, cfg.dataset.stats), 0)
-    np.testing.assert_allclose(np.stack(answer["probabilities"]), trained.softmax(-1).detach().numpy(), atol=1e-5)  # normalised as in training
+    support, query = test[:5, 0].copy(), test[:5, 1].copy()
+    frame = request(support / 255, np.arange(5), query / 255)  # a request's pixels are in [0, 1]
+    answer, model = served.predict(frame), served.unwrap_python_model()
+    support_x, _, query_x = model.tensors(frame)
+    torch.testing.assert_close(support_x, as_inputs(support, cfg.dataset.stats))  # normalised as training tasks are
+    torch.testing.assert_close(query_x, as_inputs(query, cfg.dataset.stats))
+    trained = model.algo.predict(model.params, support_x, torch.arange(5), query_x, 0)
+    np.testing.assert_allclose(np.stack(answer["probabilities"]), trained.softmax(-1).detach().numpy(), atol=1e-5)
 
 
 def test_images_are_normalised_per_channel_by_the_sets_statistics(tmp_path):
     cfg = config(tmp_path, "cifar_fs")
     train = data.load_splits(prepared(cfg))["train"]
     task = task_source(cfg, train).sample(task_rng(0, 0, 0, 0))
-    (mean, std), pixels = cfg.dataset.stats, torch.from_numpy(train).float() / 255
+    (mean, std), pixels = cfg.dataset.stats, torch.tensor(train).float() / 255
     assert task.support_x.shape == (5, 3, SIZE, SIZE) and task.support_x.dtype == torch.float32
     for channel in range(3):  # every value is (pixel - mean) / std of its channel
         values = task.support_x[:, channel].unique()
@@ -187,3 +190,5 @@ def test_a_benchmark_config_needs_a_copy_of_a_set_without_a_download():
     with pytest.raises(ConfigError, match=r"^config key 'data.source': mini_imagenet needs a folder holding images/"):
         load("benchmarks/maml_mini_imagenet_1shot")
     assert load("benchmarks/maml_cifar_fs_1shot").data.source == "cifar-100-python"  # an official download
+    with pytest.raises(ConfigError, match=r"^config key 'data.val_size': cifar_fs keeps its published train/val/test split"):
+        load("benchmarks/maml_cifar_fs_1shot", ["data.val_size=0.2"])
