@@ -119,6 +119,8 @@ def test_maml_meta_gradient_through_resnet12_matches_the_reference():
     expected, query_loss = reference_maml_gradient(params, task, steps=2, lr=0.1)
     torch.testing.assert_close(grads, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(metrics["meta_loss"], query_loss)
+    checkpointed = ALGORITHMS["maml"].make(net, "classification", inner_steps=2, inner_lr=0.1, checkpoint_inner=True)
+    torch.testing.assert_close(checkpointed.task_grad(params, task)[0], expected, rtol=0, atol=1e-5)  # memory for time, same gradient
 
 
 @pytest.mark.slow

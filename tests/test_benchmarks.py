@@ -44,7 +44,8 @@ def test_share_profile_sees_the_same_operators_and_calls_in_a_worker_as_in_proce
     calls = lambda side: {op: round(v[0]) for op, v in side["ops"].items()}  # noqa: E731
     assert calls(here) == calls(in_worker)
     assert calls(here)["aten::mse_loss"] > 0  # the MLP's loss, so the share's operators are there
-    assert all(side["wall_ms"] > sum(v[1] for v in side["ops"].values()) > 0 for side in (here, in_worker))
+    # both sides timed and profiled (a median wall against mean self times: under load either may be the larger)
+    assert all(side["wall_ms"] > 0 and sum(v[1] for v in side["ops"].values()) > 0 for side in (here, in_worker))
 
 
 def test_call_latency_counts_only_what_a_call_takes_beyond_its_work():

@@ -29,6 +29,11 @@ def two_runs(ray_session, tmp_path_factory):
         yield [mlflow.get_run(i) for i in ids], printed.getvalue()
 
 
+def tracked_metrics(run) -> set[str]:
+    """A run's metrics but MLflow's system ones, which are sampled every 10 s: a short run may have none."""
+    return {name for name in run.data.metrics if not name.startswith("system/")}
+
+
 def test_runs_of_two_algorithms_are_comparable_on_the_same_columns(two_runs):
     runs, _ = two_runs
     found = mlflow.search_runs([runs[0].info.experiment_id], "tags.stage = 'pipeline' and tags.dataset = 'sinusoid'")
@@ -37,7 +42,7 @@ def test_runs_of_two_algorithms_are_comparable_on_the_same_columns(two_runs):
     maml, reptile = runs
     assert maml.data.params.keys() == reptile.data.params.keys()
     assert {"algorithm.name", "task.shots", "train.steps", "register.metric"} <= maml.data.params.keys()
-    assert maml.data.metrics.keys() == reptile.data.metrics.keys()
+    assert tracked_metrics(maml) == tracked_metrics(reptile)
     assert {"eval_post_adapt_loss", "eval_post_adapt_loss_ci95"} <= maml.data.metrics.keys()
     assert maml.data.tags.keys() == reptile.data.tags.keys()
     for tag in ("algorithm", "dataset", "ways", "shots", "workers", "code_version"):
