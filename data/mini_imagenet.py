@@ -23,14 +23,15 @@ def read(path: Path, data: DataConfig) -> Classes:
     from_pickles = any((path / name).exists() for name in PICKLES.values())
     classes: Classes = {}
     for split in PUBLISHED:
-        part = read_pickle(path / PICKLES[split], data.image_size) if from_pickles else read_csv(path, split, data.image_size)
-        check_classes(part, lists[split], str(path / (PICKLES[split] if from_pickles else f"{split}.csv")), split)
+        read_split = read_pickle if from_pickles else read_csv
+        part = read_split(path, split, lists[split], data.image_size)
         classes.update({(split, label): images for label, images in part.items()})
     return classes
 
 
-def read_csv(folder: Path, split: str, size: int) -> dict[str, list]:
-    """One split's images from ``<split>.csv`` (``filename,label``) and the ``images/`` folder."""
+def read_csv(folder: Path, split: str, published: list[str], size: int) -> dict[str, list]:
+    """One split's images from ``<split>.csv`` (``filename,label``) and the ``images/`` folder; its classes are
+    checked against the ``published`` list before any image is decoded."""
     listing = folder / f"{split}.csv"
     if not listing.is_file():
         raise DataError(f"{listing}: missing (mini-ImageNet's folder form needs images/ with train.csv, val.csv and test.csv)")
@@ -38,10 +39,12 @@ def read_csv(folder: Path, split: str, size: int) -> dict[str, list]:
         rows = list(csv.reader(f))
     if not rows or rows[0] != ["filename", "label"]:
         raise DataError(f"{listing}: expected the header 'filename,label', got {','.join(rows[0]) if rows else 'an empty file'}")
-    part: dict[str, list] = {}
     for number, row in enumerate(rows[1:], 2):
         if len(row) != 2:
             raise DataError(f"{listing} line {number}: expected 'filename,label', got {','.join(row)!r}")
+    check_classes({label for _, label in rows[1:]}, published, str(listing), split)
+    part: dict[str, list] = {}
+    for number, row in enumerate(rows[1:], 2):
         image = folder / "images" / row[0]
         if not image.is_file():
             raise DataError(f"{image}: missing (listed in {listing.name} line {number})")
@@ -49,8 +52,10 @@ def read_csv(folder: Path, split: str, size: int) -> dict[str, list]:
     return part
 
 
-def read_pickle(path: Path, size: int) -> dict[str, list]:
-    """One split's images from its ``mini-imagenet-cache-*.pkl``."""
+def read_pickle(folder: Path, split: str, published: list[str], size: int) -> dict[str, list]:
+    """One split's images from its ``mini-imagenet-cache-*.pkl``; its classes are checked against the ``published``
+    list before any image is converted."""
+    path = folder / PICKLES[split]
     if not path.is_file():
         raise DataError(f"{path}: missing (mini-ImageNet's pickled form needs {', '.join(PICKLES.values())})")
     content = load_pickle(path.read_bytes(), str(path))
@@ -60,6 +65,7 @@ def read_pickle(path: Path, size: int) -> dict[str, list]:
         raise DataError(
             f"{path}: image_data must be an N x H x W x 3 uint8 array, got {getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
         )
+    check_classes(content["class_dict"], published, str(path), split)
     part = {}
     for label, rows in content["class_dict"].items():
         if not rows or max(rows) >= len(images):

@@ -12,20 +12,22 @@ from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks
 from data.sources import DataError
 
 
-def decode(raw: bytes, size: int, where: str, invert: bool = False, colour: bool = False) -> np.ndarray:
-    """Encoded image bytes as a ``size`` x ``size`` uint8 image, resized once, antialiased: grayscale (H, W), or
-    with ``colour`` RGB channels first (3, H, W).
+def stored(image: Image.Image, size: int, colour: bool = False) -> np.ndarray:
+    """An image as the cache keeps it: ``size`` x ``size`` uint8, resized once, antialiased; grayscale (H, W), or with
+    ``colour`` RGB channels first (3, H, W)."""
+    pixels = np.asarray(image.convert("RGB" if colour else "L").resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)) if colour else pixels
 
-    ``invert`` turns black-on-white drawings into strokes at 255 on a 0 background.
-    """
+
+def decode(raw: bytes, size: int, where: str, invert: bool = False, colour: bool = False) -> np.ndarray:
+    """Encoded image bytes as the cache keeps them (``stored``); ``invert`` turns black-on-white drawings into
+    strokes at 255 on a 0 background."""
     try:
         with Image.open(io.BytesIO(raw)) as image:
-            image = image.convert("RGB" if colour else "L").resize((size, size), Image.Resampling.LANCZOS)
+            pixels = stored(image, size, colour)
     except Exception as e:  # PIL raises many types for corrupt or non-image bytes
         raise DataError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
-    pixels = np.asarray(image, dtype=np.uint8)
-    pixels = 255 - pixels if invert else pixels
-    return pixels.transpose(2, 0, 1).copy() if colour else pixels
+    return 255 - pixels if invert else pixels
 
 
 def zip_entries(path: Path, archive: zipfile.ZipFile) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:

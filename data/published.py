@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data.omniglot import stored
 from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, no_feature_columns, register_dataset, ways
 from data.sources import DataError
 from meta_core.tasks import Stats
@@ -45,10 +46,8 @@ def check_classes(found: Iterable[str], expected: list[str], where: str, split: 
 
 
 def colour(pixels: np.ndarray, size: int) -> np.ndarray:
-    """An RGB image (H, W, 3 uint8) as the cache keeps it: ``size`` x ``size``, channels first."""
-    if pixels.shape[:2] != (size, size):
-        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS))
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    """An RGB image array (H, W, 3 uint8) as the cache keeps it (``stored``)."""
+    return stored(Image.fromarray(pixels), size, colour=True)
 
 
 class ArraysOnly(pickle.Unpickler):

@@ -37,8 +37,7 @@ from pipelines.config import Config, ConfigError, digest, from_dict, load
 from pipelines.config import flatten as flat_keys
 from pipelines.pipeline import fresh_params, load_splits, run, search, tracked_run
 from pipelines.space import Space, read_space, sweep_config
-from pipelines.stages.evaluate import rankable, val_metric
-from pipelines.stages.register import higher_is_better
+from pipelines.stages.evaluate import higher_is_better, rankable, val_metric
 from pipelines.stages.train import train
 
 

@@ -8,7 +8,6 @@ import torch
 
 from cluster.driver import Driver
 from pipelines.config import Config
-from pipelines.stages.register import higher_is_better
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -43,6 +42,11 @@ def evaluate(config: Config, driver: Driver, flat: torch.Tensor, split: str = "t
         for col in row.index.drop("adapt_steps"):
             metrics[f"{prefix}_steps{int(row.adapt_steps)}_{col}"] = float(row[col])
     return metrics, table
+
+
+def higher_is_better(config: Config, metric: str) -> bool:
+    """Whether a larger ``eval_..._<loss|acc>`` (or ``val_...``) wins, as the algorithm's spec says of ``loss`` and ``acc``."""
+    return metric.rsplit("_", 1)[-1] in config.algorithm_spec.higher_is_better
 
 
 def val_metric(config: Config) -> str:

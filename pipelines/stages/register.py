@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import serving, tracking
 from pipelines.artifacts import read_trained
 from pipelines.config import Config
+from pipelines.stages.evaluate import higher_is_better
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the served model imports (the specs, and the config that names them); packed with it so `mlflow models serve`
@@ -51,11 +52,6 @@ def beats(value: float, holder: ModelVersion | None, metric: str, higher_is_bett
         return True
     best = float(holder.tags[metric])
     return value > best if higher_is_better else value < best
-
-
-def higher_is_better(config: Config, metric: str) -> bool:
-    """Whether a larger ``eval_..._<loss|acc>`` wins, as the algorithm's spec says of ``loss`` and ``acc``."""
-    return metric.rsplit("_", 1)[-1] in config.algorithm_spec.higher_is_better
 
 
 def register_stage(config: Config, train_run_id: str, eval_metrics: dict[str, float]) -> dict:
