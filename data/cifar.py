@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data.files import ArchiveBudget, folder_file, tar_member
 from data.published import CIFAR_STATS, PUBLISHED, check_classes, class_lists, colour, keys_of, load_pickle, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
 
 MEMBERS = ("train", "test", "meta")
+MEMBER_BYTES = 1 << 30  # the official train pickle is 155 MB
 
 
 def members(path: Path) -> dict[str, bytes]:
@@ -24,14 +26,19 @@ def members(path: Path) -> dict[str, bytes]:
         missing = [name for name in MEMBERS if not (folder / name).is_file()]
         if missing:
             raise DataError(f"{folder}: missing {', '.join(missing)} (expected CIFAR-100's unpacked cifar-100-python folder)")
-        return {name: (folder / name).read_bytes() for name in MEMBERS}
+        return {name: folder_file(path, folder / name, MEMBER_BYTES) for name in MEMBERS}
+    budget = ArchiveBudget(path)
     try:
         with tarfile.open(path, "r:gz") as archive:
-            found = {Path(m.name).name: m for m in archive.getmembers() if m.isfile() and Path(m.name).parent.name == "cifar-100-python"}
+            found = {}
+            for member in archive:
+                budget.spend(member.size)
+                if member.isfile() and Path(member.name).parent.name == "cifar-100-python":
+                    found[Path(member.name).name] = member
             missing = [name for name in MEMBERS if name not in found]
             if missing:
                 raise DataError(f"{path}: no cifar-100-python/{missing[0]} in the archive (expected the official cifar-100-python.tar.gz)")
-            return {name: archive.extractfile(found[name]).read() for name in MEMBERS}
+            return {name: tar_member(path, archive, found[name], MEMBER_BYTES) for name in MEMBERS}
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{path}: not a readable .tar.gz, or truncated ({type(e).__name__}: {e})") from None
 

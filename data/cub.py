@@ -7,6 +7,7 @@ Whole photographs are resized (no bounding-box crop), as Chen et al. (2019) use 
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from data.files import IMAGE_BYTES, ArchiveBudget, folder_file, tar_member
 from data.omniglot import decode
 from data.published import IMAGENET_STATS, PUBLISHED, check_classes, class_lists, register_colour_set
 from data.registry import Classes, DataConfig
@@ -21,14 +22,16 @@ def images(path: Path):
             raise DataError(f"{path}: no images/ folder (expected CUB_200_2011.tgz or the CUB_200_2011 folder it unpacks to)")
         for file in sorted(root.glob("*/*")):
             if file.is_file():
-                yield file.parent.name, str(file), file.read_bytes
+                yield file.parent.name, str(file), lambda file=file: folder_file(path, file)
         return
+    budget = ArchiveBudget(path)
     try:
         with tarfile.open(path, "r:gz") as archive:
             for member in archive:  # streamed: the archive is read once, front to back
+                budget.spend(member.size)
                 name = PurePosixPath(member.name)
                 if member.isfile() and len(name.parts) >= 3 and name.parts[-3] == "images":
-                    yield name.parts[-2], f"{path}: {member.name}", archive.extractfile(member).read
+                    yield name.parts[-2], f"{path}: {member.name}", lambda member=member: tar_member(path, archive, member, IMAGE_BYTES)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{path}: not a readable .tgz, or truncated ({type(e).__name__}: {e})") from None
 

@@ -8,6 +8,7 @@ Read from a local copy in either of the two forms it is shared in: the ``images/
 import csv
 from pathlib import Path
 
+from data.files import folder_file, inside
 from data.omniglot import decode
 from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, colour, keys_of, load_pickle, register_colour_set
 from data.registry import Classes, DataConfig
@@ -33,6 +34,7 @@ def read_csv(folder: Path, split: str, published: list[str], size: int) -> dict[
     """One split's images from ``<split>.csv`` (``filename,label``) and the ``images/`` folder; its classes are
     checked against the ``published`` list before any image is decoded."""
     listing = folder / f"{split}.csv"
+    inside(folder, listing)
     if not listing.is_file():
         raise DataError(f"{listing}: missing (mini-ImageNet's folder form needs images/ with train.csv, val.csv and test.csv)")
     with open(listing, newline="") as f:
@@ -46,9 +48,10 @@ def read_csv(folder: Path, split: str, published: list[str], size: int) -> dict[
     part: dict[str, list] = {}
     for number, row in enumerate(rows[1:], 2):
         image = folder / "images" / row[0]
+        inside(folder, image)
         if not image.is_file():
             raise DataError(f"{image}: missing (listed in {listing.name} line {number})")
-        part.setdefault(row[1], []).append(decode(image.read_bytes(), size, str(image), colour=True))
+        part.setdefault(row[1], []).append(decode(folder_file(folder, image), size, str(image), colour=True))
     return part
 
 
@@ -58,7 +61,7 @@ def read_pickle(folder: Path, split: str, published: list[str], size: int) -> di
     path = folder / PICKLES[split]
     if not path.is_file():
         raise DataError(f"{path}: missing (mini-ImageNet's pickled form needs {', '.join(PICKLES.values())})")
-    content = load_pickle(path.read_bytes(), str(path))
+    content = load_pickle(inside(folder, path).read_bytes(), str(path))
     keys_of(content, ("image_data", "class_dict"), str(path))
     images = content["image_data"]
     if getattr(images, "dtype", None) != "uint8" or images.ndim != 4 or images.shape[-1] != 3:

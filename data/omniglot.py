@@ -1,13 +1,17 @@
 """Omniglot-layout images (``<alphabet>/<character>/<drawing>.png``) from official zips or folders."""
 
 import io
+import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
+from data import jpeg
+from data.files import IMAGE_BYTES, ArchiveBudget, bounded, folder_file, inside
 from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, register_dataset, ways
 from data.sources import DataError
 
@@ -21,9 +25,21 @@ def stored(image: Image.Image, size: int, colour: bool = False) -> np.ndarray:
 
 def decode(raw: bytes, size: int, where: str, invert: bool = False, colour: bool = False) -> np.ndarray:
     """Encoded image bytes as the cache keeps them (``stored``); ``invert`` turns black-on-white drawings into
-    strokes at 255 on a 0 background."""
+    strokes at 255 on a 0 background.
+
+    Whatever is not a whole image is refused: a truncated file (whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says),
+    a JPEG whose compressed data is corrupt (``data.jpeg``), and anything PIL warns about (a decompression bomb,
+    corrupt chunks) while reading it, as its warnings are errors here."""
     try:
-        with Image.open(io.BytesIO(raw)) as image:
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            raise OSError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images would decode; unset it")
+        if raw.startswith(b"\xff\xd8"):
+            jpeg.check(raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            image = Image.open(io.BytesIO(raw))
+            image.load()
+        with image:
             pixels = stored(image, size, colour)
     except Exception as e:  # PIL raises many types for corrupt or non-image bytes
         raise DataError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
@@ -31,17 +47,32 @@ def decode(raw: bytes, size: int, where: str, invert: bool = False, colour: bool
 
 
 def zip_entries(path: Path, archive: zipfile.ZipFile) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:
-    """Each entry's path and reader (``None`` for a folder), refusing entries that would land outside the archive's folder."""
+    """Each entry's path and reader (``None`` for a folder), refusing entries that would land outside the archive's
+    folder, and an archive whose entries decode to far more than its size, before any is read."""
+    budget = ArchiveBudget(path)
     for info in archive.infolist():
         name = PurePosixPath(info.filename.replace("\\", "/"))
         if name.is_absolute() or ".." in name.parts or ":" in name.parts[0]:
             raise DataError(f"{path}: entry {info.filename!r} would land outside the target folder")
-        yield name, None if info.is_dir() else (lambda info=info: archive.read(info))
+        budget.spend(info.file_size)
+    for info in archive.infolist():
+        yield PurePosixPath(info.filename.replace("\\", "/")), None if info.is_dir() else (lambda info=info: zip_member(path, archive, info))
+
+
+def zip_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """One image's bytes, at most ``IMAGE_BYTES`` whatever its header says; a corrupt entry is one line."""
+    try:
+        with archive.open(info) as member:
+            return bounded(member, info.file_size, IMAGE_BYTES, f"{path}/{info.filename}")
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise DataError(f"{path}/{info.filename}: not a readable zip entry ({type(e).__name__}: {e})") from None
 
 
 def folder_entries(path: Path) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:
+    """Each file's path and reader (``None`` for a folder); nothing may resolve outside ``path``."""
     for item in sorted(path.rglob("*")):
-        yield PurePosixPath(item.relative_to(path).as_posix()), None if item.is_dir() else item.read_bytes
+        inside(path, item)
+        yield PurePosixPath(item.relative_to(path).as_posix()), None if item.is_dir() else (lambda item=item: folder_file(path, item))
 
 
 def read(path: Path, data: DataConfig) -> Classes:

@@ -15,11 +15,20 @@ from data.sources import DataError
 SUFFIXES = (".parquet", ".csv")
 
 
-def read_file(path: Path) -> pa.Table:
+def read_file(path: Path, text_columns: list[str]) -> pa.Table:
+    """The table; a CSV's ``text_columns`` (the label and group) are read as the text they hold, so ``7``, ``007``
+    and ``7.0`` stay three classes instead of being parsed into one number. An empty cell there is a missing value."""
     if path.suffix not in SUFFIXES:
         raise DataError(f"{path}: expected a .parquet or .csv table (data.name is table)")
     try:
-        return pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
+        if path.suffix == ".parquet":
+            return pq.read_table(path)
+        table = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(text_columns, pa.string())))
+        for name in text_columns:
+            if name in table.column_names:
+                values = table[name]
+                table = table.set_column(table.column_names.index(name), name, pc.if_else(pc.equal(values, ""), None, values))
+        return table
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable {path.suffix[1:]} table ({str(e).splitlines()[0]})") from None
 
@@ -31,16 +40,25 @@ def column(table: pa.Table, path: Path, name: str, key: str) -> pa.ChunkedArray:
 
 
 def features(table: pa.Table, path: Path, names: list[str]) -> np.ndarray:
-    """The feature columns as a (rows, features) float32 array; missing or NaN values are errors."""
+    """The feature columns as a (rows, features) float32 array; missing, NaN, infinite values and values beyond
+    float32's range are errors (training on them diverges)."""
     out = []
     for name in names:
         values = column(table, path, name, "data.features")
         if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
             raise DataError(f"{path}: feature column '{name}' must be numeric, got {values.type}")
-        array = values.to_numpy().astype(np.float32)
-        bad = np.flatnonzero(np.isnan(array))
-        if bad.size:
-            raise DataError(f"{path}: feature column '{name}' has a missing or NaN value in row {bad[0]}")
+        given = values.to_numpy()
+        missing = np.flatnonzero(np.isnan(given)) if given.dtype.kind == "f" else []
+        if len(missing):
+            raise DataError(f"{path}: feature column '{name}' has a missing or NaN value in row {missing[0]}")
+        with np.errstate(over="ignore"):
+            array = given.astype(np.float32)
+        beyond = np.flatnonzero(~np.isfinite(array))
+        if beyond.size:
+            row = beyond[0]
+            raise DataError(
+                f"{path}: feature column '{name}' has {float(given[row]):g} in row {row}; features must be finite float32 values (|x| < 3.4e38)"
+            )
         out.append(array)
     return np.stack(out, axis=1)
 
@@ -54,7 +72,7 @@ def images(table: pa.Table, path: Path, name: str, size: int) -> list[np.ndarray
 
 def read(path: Path, data: DataConfig) -> Classes:
     """Rows grouped into classes keyed by (group, label); the group is '' without a group column."""
-    table = read_file(path)
+    table = read_file(path, [data.label_column, *([data.group_column] if data.group_column else [])])
     labels = column(table, path, data.label_column, "data.label_column")
     if labels.null_count:
         raise DataError(f"{path}: label column '{data.label_column}' has missing values")

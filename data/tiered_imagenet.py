@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.files import inside
 from data.omniglot import decode
 from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, keys_of, load_pickle, register_colour_set
 from data.registry import Classes, DataConfig
@@ -25,10 +26,10 @@ def read(path: Path, data: DataConfig) -> Classes:
         for file in (images_file, labels_file):
             if not file.is_file():
                 raise DataError(f"{file}: missing (tieredImageNet needs <split>_images_png.pkl and <split>_labels.pkl for train, val and test)")
-        labels = load_pickle(labels_file.read_bytes(), str(labels_file))
+        labels = load_pickle(inside(path, labels_file).read_bytes(), str(labels_file))
         keys_of(labels, ("label_specific", "label_specific_str"), str(labels_file))
         names, index = list(labels["label_specific_str"]), np.asarray(labels["label_specific"])
-        images = load_pickle(images_file.read_bytes(), str(images_file))
+        images = load_pickle(inside(path, images_file).read_bytes(), str(images_file))
         if len(images) != len(index):
             raise DataError(f"{images_file}: {len(images)} images but {labels_file.name} labels {len(index)}")
         if len(index) and not (0 <= index.min() and index.max() < len(names)):
