@@ -2,7 +2,7 @@
 
 An archive member's size comes from its header, which a hostile archive can make up: a few hundred kilobytes of
 deflate can expand to gigabytes. So a member is refused when its header says it is too large, and read with a
-bounded read that stops one byte past the limit, which catches a header that understates it; an archive whose
+bounded read that stops one byte past the declared size, which catches a header that understates it; an archive whose
 members add up to far more than the archive itself is refused before its first member is read.
 """
 
@@ -20,12 +20,13 @@ EXPANSION_FLOOR = 1 << 30  # a small archive may always hold this much
 
 
 def bounded(stream: BinaryIO, declared: int, limit: int, where: str) -> bytes:
-    """At most ``limit`` bytes from ``stream``, whose header ``declared`` its size; more is refused before it is read."""
+    """The bytes of ``stream``, whose header ``declared`` its size: refused before reading when that is over ``limit``,
+    and when the stream holds more than it declared (the read stops one byte past it)."""
     if declared > limit:
         raise DataError(f"{where}: {declared:,} bytes, more than the {limit:,} this reader accepts")
-    raw = stream.read(limit + 1)
-    if len(raw) > limit:
-        raise DataError(f"{where}: more than the {limit:,} bytes this reader accepts (its header said {declared:,})")
+    raw = stream.read(declared + 1)
+    if len(raw) > declared:
+        raise DataError(f"{where}: holds more than the {declared:,} bytes its header says")
     return raw
 
 
@@ -46,11 +47,14 @@ class ArchiveBudget:
             )
 
 
-def inside(folder: Path, path: Path) -> Path:
-    """``path`` resolved (symlinks followed), refused unless it lies inside ``folder``: a folder source reads only its own files."""
+def inside(folder: Path, path: Path, note: str = "") -> Path:
+    """``path`` resolved (symlinks followed), refused unless it lies inside ``folder``: a folder source reads only its
+    own files. ``note`` says where the path came from."""
     resolved, root = path.resolve(), folder.resolve()
     if not resolved.is_relative_to(root):
-        raise DataError(f"{path}: resolves to {resolved}, outside the source folder {root} (a folder source reads only files inside it)")
+        raise DataError(
+            f"{path}: resolves to {resolved}, outside the source folder {root} (a folder source reads only files inside it{'; ' + note if note else ''})"
+        )
     return resolved
 
 

@@ -129,7 +129,8 @@ def windows(piece: bytes) -> list[int]:
 
 
 def walk(piece: bytes, mcus: int, blocks: list) -> None:
-    """Decode ``mcus`` MCUs' Huffman codes from ``piece``; they must end in its last byte."""
+    """Decode ``mcus`` MCUs' Huffman codes from ``piece``: every code must be in its table, every coefficient inside its
+    block, and the codes must end in the piece's last byte."""
     total, bits, at = 8 * len(piece), windows(piece), 0
     for _ in range(mcus):
         for dc, ac in blocks:
@@ -148,8 +149,12 @@ def walk(piece: bytes, mcus: int, blocks: list) -> None:
                     k += run + 1
                 elif run == 15:
                     k += 16
+                    if k >= 64:  # sixteen zeros are always followed by a coefficient
+                        raise ValueError(f"corrupt JPEG data: a run of zeros past the end of its block at bit {at}")
                 else:
                     break
+                if k > 64:
+                    raise ValueError(f"corrupt JPEG data: a coefficient past the end of its block at bit {at}")
             if at > total:
                 raise ValueError("corrupt JPEG data: the compressed data ends before the image does")
     if total - at >= 8:

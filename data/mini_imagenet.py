@@ -48,7 +48,7 @@ def read_csv(folder: Path, split: str, published: list[str], size: int) -> dict[
     part: dict[str, list] = {}
     for number, row in enumerate(rows[1:], 2):
         image = folder / "images" / row[0]
-        inside(folder, image)
+        inside(folder, image, f"listed in {listing.name} line {number}")
         if not image.is_file():
             raise DataError(f"{image}: missing (listed in {listing.name} line {number})")
         part.setdefault(row[1], []).append(decode(folder_file(folder, image), size, str(image), colour=True))

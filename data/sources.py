@@ -46,7 +46,10 @@ def checksum(path: Path) -> str:
         return file_digest(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:  # in blocks: a folder may hold a file too large to read whole (its reader refuses it)
+            while block := f.read(CHUNK):
+                digest.update(block)
     return digest.hexdigest()
 
 
