@@ -19,7 +19,8 @@ OTHER_FRAMES = {0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF
 SCAN_END = re.compile(rb"\xff(?![\x00\xd0-\xd7])")  # a marker that is not byte stuffing or a restart
 RESTART = re.compile(rb"\xff([\xd0-\xd7])")
 PEEK = 16  # the longest Huffman code
-PAD = 64 * 32 // 8 + 2  # bytes: more than one block can read past the end
+PAD = 64 * 32 // 8 + 2  # bytes: more than one block can read (64 codes of at most 16 bits, each with 16 more)
+WINDOW = 1 << 14  # bytes of bit windows made at a time: memory stays small for a large photograph
 
 
 @functools.lru_cache(maxsize=64)
@@ -39,8 +40,8 @@ def lookup(counts: bytes, symbols: bytes) -> list[tuple[int, int] | None]:
 
 
 def segments(raw: bytes):
-    """(marker, payload, end) of each marker segment after SOI; a scan's payload is its header, and ``end`` is where its
-    entropy-coded data starts."""
+    """(marker, payload) of each marker segment after SOI, up to EOI; each scan's header (0xDA) is followed by its
+    entropy-coded data, as marker -1."""
     if not raw.startswith(b"\xff\xd8"):
         raise ValueError("not a JPEG")
     at = 2
@@ -58,13 +59,13 @@ def segments(raw: bytes):
         length = int.from_bytes(raw[at + 2 : at + 4], "big")
         if length < 2 or at + 2 + length > len(raw):
             raise ValueError(f"corrupt JPEG data: a segment at byte {at} runs past the end")
-        yield marker, raw[at + 4 : at + 2 + length], at + 2 + length
+        yield marker, raw[at + 4 : at + 2 + length]
         at += 2 + length
         if marker == 0xDA:
             found = SCAN_END.search(raw, at)
             if found is None:
                 raise ValueError("corrupt JPEG data: the last scan has no end marker")
-            yield -1, raw[at : found.start()], found.start()
+            yield -1, raw[at : found.start()]
             at = found.start()
     raise ValueError("corrupt JPEG data: no end-of-image marker")
 
@@ -75,7 +76,7 @@ def check(raw: bytes) -> None:
     frame: dict[int, tuple[int, int]] = {}  # component id -> (horizontal, vertical) sampling
     width = height = interval = 0
     scan: list[tuple[int, int, int]] = []  # (component id, DC table, AC table)
-    for marker, payload, _ in segments(raw):
+    for marker, payload in segments(raw):
         if marker in OTHER_FRAMES:
             return
         if marker in SEQUENTIAL_HUFFMAN:
@@ -121,26 +122,30 @@ def check_scan(data: bytes, frame: dict, scan: list, tables: dict, width: int, h
         walk(piece.replace(b"\xff\x00", b"\xff"), min(per_piece, mcus - i * per_piece), blocks)
 
 
-def windows(piece: bytes) -> list[int]:
-    """The 16 bits that start at each bit of ``piece``, zeros past its end (room for a garbled block to run on)."""
-    padded = np.frombuffer(piece + bytes(PAD), np.uint8).astype(np.uint32)
+def windows(piece: bytes, start: int) -> list[int]:
+    """The 16 bits that start at each bit of ``WINDOW`` bytes of ``piece`` from byte ``start``, and of ``PAD`` more
+    (zeros past its end: room for a garbled block to run on)."""
+    padded = np.frombuffer(piece[start : start + WINDOW + PAD] + bytes(PAD + 2), np.uint8).astype(np.uint32)
     spans = padded[:-2] << 16 | padded[1:-1] << 8 | padded[2:]
     return ((spans[:, None] >> (8 - np.arange(8, dtype=np.uint32))) & 0xFFFF).ravel().tolist()
 
 
 def walk(piece: bytes, mcus: int, blocks: list) -> None:
     """Decode ``mcus`` MCUs' Huffman codes from ``piece``: every code must be in its table, every coefficient inside its
-    block, and the codes must end in the piece's last byte."""
-    total, bits, at = 8 * len(piece), windows(piece), 0
+    block, and the codes must end in the piece's last byte. Bits are looked up ``WINDOW`` bytes at a time."""
+    total, at, start, bits = 8 * len(piece), 0, 0, windows(piece, 0)
     for _ in range(mcus):
         for dc, ac in blocks:
-            code = dc[bits[at]]
+            if at - 8 * start >= 8 * WINDOW:  # a block reads less than PAD bytes: move the window before the next
+                start = at >> 3
+                bits = windows(piece, start)
+            code = dc[bits[at - 8 * start]]
             if code is None:
                 raise ValueError(f"corrupt JPEG data: no Huffman code at bit {at}")
             at += code[0] + code[1]
             k = 1
             while k < 64:
-                code = ac[bits[at]]
+                code = ac[bits[at - 8 * start]]
                 if code is None:
                     raise ValueError(f"corrupt JPEG data: no Huffman code at bit {at}")
                 run, size = code[1] >> 4, code[1] & 15

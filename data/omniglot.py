@@ -27,9 +27,10 @@ def decode(raw: bytes, size: int, where: str, invert: bool = False, colour: bool
     """Encoded image bytes as the cache keeps them (``stored``); ``invert`` turns black-on-white drawings into
     strokes at 255 on a 0 background.
 
-    Whatever is not a whole image is refused: a truncated file (whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says),
-    a JPEG whose compressed data is corrupt (``data.jpeg``), and anything PIL warns about (a decompression bomb,
-    corrupt chunks) while reading it, as its warnings are errors here."""
+    Whatever is not a whole image is refused: a truncated file, a JPEG whose compressed data is corrupt
+    (``data.jpeg``), and anything PIL warns about while reading it (a decompression bomb, corrupt chunks), as its
+    warnings are errors here. Every image is refused while ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set, as that
+    setting lets truncated files through."""
     try:
         if ImageFile.LOAD_TRUNCATED_IMAGES:
             raise OSError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images would decode; unset it")

@@ -308,6 +308,16 @@ def test_a_jpeg_corrupted_mid_stream_is_refused_in_one_line_naming_the_file(tmp_
     refused(tmp_path, tmp_path / "images.parquet", overrides, "images.parquet row 3 column 'image'", "not a readable image", "corrupt JPEG data")
 
 
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
+def test_corruption_past_the_first_window_of_a_large_jpeg_is_found(corrupt):
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(200, 300, 3), dtype=np.uint8)).save(out, format="JPEG", quality=95)
+    raw = out.getvalue()
+    assert middle(raw) - scan_start(raw) > jpeg.WINDOW
+    with pytest.raises(ValueError, match="^corrupt JPEG data"):
+        jpeg.check(corrupt(raw))
+
+
 def test_a_corrupt_jpeg_in_a_mini_imagenet_folder_is_refused(tmp_path):
     copy = mini_imagenet_folder(tmp_path / "copy")
     victim = sorted((copy / "images").iterdir())[5]
@@ -328,7 +338,7 @@ JPEG_FORMS = {
 
 
 @pytest.mark.parametrize("options", JPEG_FORMS.values(), ids=JPEG_FORMS)
-@pytest.mark.parametrize("shape", [(48, 48, 3), (37, 53, 3), (21, 70)])
+@pytest.mark.parametrize("shape", [(48, 48, 3), (37, 53, 3), (21, 70), (150, 200, 3)])  # the last over jpeg.WINDOW
 def test_whole_jpegs_of_every_form_pass_the_check_and_decode_as_pil_decodes_them(options, shape):
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, size=shape, dtype=np.uint8)
     out = io.BytesIO()
