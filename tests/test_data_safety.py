@@ -44,7 +44,7 @@ def refused(tmp_path: Path, source: Path, overrides: list[str], *words: str) -> 
     assert "\n" not in message
     for word in words:
         assert word in message
-    assert not [p for p in cache.iterdir() if p.name != "downloads"] if cache.exists() else True
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.name != "downloads"]
     return message
 
 
@@ -65,8 +65,6 @@ def peak_bytes(action) -> int:
     tracemalloc.start()
     try:
         action()
-    except data.DataError:
-        pass
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
@@ -115,6 +113,15 @@ def zeros_member(archive: zipfile.ZipFile, name: str, size: int) -> None:
             member.write(bytes(MiB))
 
 
+def omniglot_folder(root: Path) -> Path:
+    """Two characters of two drawings each, in Omniglot's folder layout."""
+    for c in range(2):
+        (root / "Alpha" / f"character0{c}").mkdir(parents=True)
+        for d in range(2):
+            (root / "Alpha" / f"character0{c}" / f"{d}.png").write_bytes(png(40 * c + d))
+    return root
+
+
 def omniglot_zip(path: Path, extra=None) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for c in range(2):
@@ -132,7 +139,7 @@ def test_a_deflate_bomb_in_a_zip_is_refused_from_its_header_before_it_is_read(tm
     assert peak < files.IMAGE_BYTES // 4
 
 
-def test_a_zip_header_that_understates_a_member_is_caught_by_the_bounded_read(tmp_path):
+def test_a_zip_header_that_understates_a_member_is_refused_in_one_line(tmp_path):
     name = b"set/Alpha/character00/9.png"
     path = omniglot_zip(tmp_path / "liar.zip", lambda z: zeros_member(z, name.decode(), 2 * MiB))
     raw = bytearray(path.read_bytes())
@@ -192,11 +199,7 @@ def test_a_tar_archive_whose_members_add_up_to_far_more_than_it_is_refused(tmp_p
 
 
 def test_an_oversized_file_in_a_folder_source_is_refused_from_its_size(tmp_path):
-    folder = tmp_path / "omniglot"
-    for c in range(2):
-        (folder / "Alpha" / f"character0{c}").mkdir(parents=True)
-        for d in range(2):
-            (folder / "Alpha" / f"character0{c}" / f"{d}.png").write_bytes(png(40 * c + d))
+    folder = omniglot_folder(tmp_path / "omniglot")
     with open(folder / "Alpha" / "character00" / "9.png", "wb") as f:
         f.truncate(files.IMAGE_BYTES + MiB)  # sparse: no disk, no time
     peak = peak_bytes(lambda: refused(tmp_path, folder, OMNIGLOT, "9.png", "more than the 67,108,864"))
@@ -253,11 +256,7 @@ def test_a_mini_imagenet_folder_reads_only_files_inside_it(tmp_path, escape):
 
 
 def test_an_omniglot_folder_reads_only_files_inside_it(tmp_path):
-    folder = tmp_path / "omniglot"
-    for c in range(2):
-        (folder / "Alpha" / f"character0{c}").mkdir(parents=True)
-        for d in range(2):
-            (folder / "Alpha" / f"character0{c}" / f"{d}.png").write_bytes(png(40 * c + d))
+    folder = omniglot_folder(tmp_path / "omniglot")
     outside = tmp_path / "outside.png"
     outside.write_bytes(png(200))
     (folder / "Alpha" / "character01" / "2.png").symlink_to(outside)
@@ -265,15 +264,22 @@ def test_an_omniglot_folder_reads_only_files_inside_it(tmp_path):
 
 
 def test_a_symlink_that_stays_inside_the_folder_is_read(tmp_path):
-    folder = tmp_path / "omniglot"
-    for c in range(2):
-        (folder / "Alpha" / f"character0{c}").mkdir(parents=True)
-        for d in range(2):
-            (folder / "Alpha" / f"character0{c}" / f"{d}.png").write_bytes(png(40 * c + d))
+    folder = omniglot_folder(tmp_path / "omniglot")
     (folder / "Alpha" / "character01" / "2.png").symlink_to(folder / "Alpha" / "character01" / "0.png")
     overrides = [f"data.source={folder}", f"data.cache_dir={tmp_path / 'cache'}", *OMNIGLOT, "task.ways=1"]
     splits = data.load_splits(prepared(load(None, overrides)))
     assert sorted(split.shape[1] for split in splits.values()) == [2, 3]  # the link is character01's third drawing
+
+
+def test_a_cifar_folder_reads_only_files_inside_it(tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"x")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "meta").symlink_to(outside)
+    for name in ("train", "test"):
+        (folder / name).write_bytes(b"x")
+    refused(tmp_path, folder, ["data.name=cifar_fs"], "meta", "outside the source folder")
 
 
 # --- images: a damaged one is refused, not decoded to garbage ---
@@ -338,7 +344,7 @@ JPEG_FORMS = {
 
 
 @pytest.mark.parametrize("options", JPEG_FORMS.values(), ids=JPEG_FORMS)
-@pytest.mark.parametrize("shape", [(48, 48, 3), (37, 53, 3), (21, 70), (150, 200, 3)])  # the last over jpeg.WINDOW
+@pytest.mark.parametrize("shape", [(48, 48, 3), (37, 53, 3), (21, 70), (200, 300, 3)])  # the last over a jpeg.WINDOW
 def test_whole_jpegs_of_every_form_pass_the_check_and_decode_as_pil_decodes_them(options, shape):
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, size=shape, dtype=np.uint8)
     out = io.BytesIO()
@@ -366,18 +372,7 @@ def test_nothing_in_the_project_tells_pil_to_load_truncated_images():
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
-def test_pil_warnings_while_reading_an_image_are_errors(tmp_path, monkeypatch):
+def test_pil_warnings_while_reading_an_image_are_errors(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 32 * 32)  # a decompression bomb: PIL only warns below twice this
     with pytest.raises(data.DataError, match=r"^big\.png: not a readable image \(DecompressionBombWarning"):
         decode(png(0, 40), 8, "big.png")
-
-
-def test_a_cifar_folder_reads_only_files_inside_it(tmp_path):
-    outside = tmp_path / "outside"
-    outside.write_bytes(b"x")
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "meta").symlink_to(outside)
-    for name in ("train", "test"):
-        (folder / name).write_bytes(b"x")
-    refused(tmp_path, folder, ["data.name=cifar_fs"], "meta", "outside the source folder")
