@@ -24,10 +24,10 @@ own rollouts; its state is the adapted policy with the rollouts it made.
 
 The families to come fit without special cases:
 
-- Lifelong learning (OML, ANML): ``adaptations`` runs one SGD step per example of the task's stream (its support
-  set, in order) on the adapted part of the network, recording the weights after ``counts`` examples (or passes);
-  ``task_grad`` differentiates the outer loss (the query set, plus a replay of the stream) through ``adapt``, as
-  MAML does; ``predict`` is the network with the adapted weights.
+- Lifelong learning (OML, ANML): a ``GradientLearner`` whose ``fast_weights`` are the adapted part of the network
+  and whose ``inner_step`` is one pass over the task's stream (its support set, in order), one SGD step per
+  example; ``task_grad`` differentiates the outer loss (the query set, plus a replay of the stream) through
+  ``adapt``, as MAML does; ``predict`` is the network with the adapted weights.
 - Meta-RL: the task is an environment (``meta_core.rl``'s goal and exploration noise); ProMP and MAML-TRPO are
   ``maml_rl``'s adaptation with another outer surrogate in ``task_grad``; RL2 has no inner gradient: its state
   is the recurrent policy's hidden state after ``n`` episodes of the task, and ``task_grad`` is the policy
