@@ -4,4 +4,6 @@ Pure PyTorch; this package imports neither Ray nor MLflow so that every piece
 can be tested, and reused, in a single process.
 """
 
-from meta_core import algorithms, resnet12  # noqa: E402, F401  (registers the built-in algorithms' and models' specs)
+from meta_core.registry import import_modules
+
+import_modules(__name__)  # every module here and in meta_core.algorithms: the built-in models and algorithms register their specs

@@ -13,18 +13,23 @@ from meta_core.registry import ModelSpec, positive_int, register_model
 
 Params = dict[str, torch.Tensor]
 
-# The last layer of every model is called ``head``: ANIL adapts only that.
+# The last layer of every model is called ``head``: ANIL adapts only that. Built with ``outputs=None`` a model
+# has none (an identity in its place): its output is the ``features`` values the head would have read.
 HEAD = "head."
+
+
+def head(features: int, outputs: int | None) -> nn.Module:
+    return nn.Identity() if outputs is None else nn.Linear(features, outputs)
 
 
 class MLP(nn.Module):
     """Two-hidden-layer ReLU net; the default 1-40-40-1 is the MAML paper's sinusoid regressor,
     ``MLP(features, ways)`` classifies rows of a user's feature table."""
 
-    def __init__(self, in_features: int = 1, out_features: int = 1, hidden: int = 40):
+    def __init__(self, in_features: int = 1, out_features: int | None = 1, hidden: int = 40):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, out_features)
+        self.features, self.head = hidden, head(hidden, out_features)
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -52,13 +57,14 @@ def channels_and_side(shape: tuple[int, ...]) -> tuple[int, int]:
 class Conv4(nn.Module):
     """Four 3x3 conv blocks and a linear head: 28x28 grayscale by default, any channels and size."""
 
-    def __init__(self, ways: int, width: int = 64, channels: int = 1, image_size: int = 28):
+    def __init__(self, ways: int | None, width: int = 64, channels: int = 1, image_size: int = 28):
         super().__init__()
         self.body = nn.Sequential(conv_block(channels, width), conv_block(width, width), conv_block(width, width), conv_block(width, width))
         side = image_size
         for _ in range(4):
             side //= 2
-        self.head = nn.Linear(width * side * side, ways)
+        self.features = width * side * side
+        self.head = head(self.features, ways)
 
     def forward(self, x):
         if x.dim() == 3:  # (batch, H, W) -> (batch, 1, H, W)
@@ -73,7 +79,7 @@ class GaussianPolicy(nn.Module):
     def __init__(self, hidden: int = 100, observation: int = 2, action: int = 2):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(observation, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, action)
+        self.features, self.head = hidden, head(hidden, action)
         self.log_std = nn.Parameter(torch.zeros(action))
 
     def forward(self, x):

@@ -10,7 +10,7 @@ information across tasks).
 
 from torch import nn
 
-from meta_core.models import channels_and_side
+from meta_core.models import channels_and_side, head
 from meta_core.registry import ModelSpec, positive_int, register_model
 
 GROWTH = (1, 2.5, 5, 10)  # each block's filters, as multiples of ``width``: 64-160-320-640
@@ -32,11 +32,11 @@ class Block(nn.Module):
 
 
 class ResNet12(nn.Module):
-    def __init__(self, ways: int, width: int = 64, channels: int = 3):
+    def __init__(self, ways: int | None, width: int = 64, channels: int = 3):
         super().__init__()
         sizes = [channels, *(int(width * g) for g in GROWTH)]
         self.body = nn.Sequential(*(Block(a, b) for a, b in zip(sizes, sizes[1:], strict=False)), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(sizes[-1], ways)
+        self.features, self.head = sizes[-1], head(sizes[-1], ways)
 
     def forward(self, x):
         if x.dim() == 3:  # (batch, H, W) -> (batch, 1, H, W)

@@ -14,6 +14,7 @@ import torch
 
 from data.omniglot import decode
 from data.sources import DataError
+from meta_core.algorithms.base import answer
 from meta_core.tasks import Task, as_inputs
 from pipelines import tracking
 from pipelines.artifacts import load_trained, read_trained
@@ -74,7 +75,7 @@ def score_episodes(model_uri: str, folder: str | Path, tracking_uri: str | None 
             raise DataError(f"{root / run / 'training'}: {len(task.support_y)} classes, but the model was trained for {ways} ways")
     accuracy = {}
     for run, task in episodes.items():
-        predicted = algo.predict(params, task.support_x, task.support_y, task.query_x).argmax(-1)
+        predicted = answer(algo, params, task.support_x, task.support_y, task.query_x).argmax(-1)
         accuracy[run] = float((predicted == task.query_y).float().mean())
     accuracy["overall"] = float(np.mean([accuracy[run] for run in runs]))
     mlflow.set_experiment(config.experiment)

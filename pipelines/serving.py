@@ -28,6 +28,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
+from meta_core.algorithms.base import answer
 from meta_core.tasks import normalized
 from pipelines.artifacts import read_trained
 from pipelines.config import Config
@@ -68,7 +69,7 @@ class FewShotModel(PythonModel):
         steps = int((params or {}).get("adapt_steps", self.algo.inner_steps))
         if steps < 0:
             raise bad_request(f"adapt_steps: expected a non-negative integer, got {steps}")
-        out = self.algo.predict(self.params, *self.tensors(model_input), steps).detach()
+        out = answer(self.algo, self.params, *self.tensors(model_input), steps).detach()
         if self.algo.kind == "regression":
             return pd.DataFrame({"prediction": out.squeeze(-1).double().numpy()})
         probabilities = out.softmax(-1).double().numpy()

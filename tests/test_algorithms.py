@@ -107,5 +107,5 @@ def test_adaptation_lowers_support_loss_for_every_algorithm():
         algo = ALGORITHMS[name].make(model, kind, inner_steps=STEPS, inner_lr=LR)
         params = algo.initial_params(1)
         before = algo.loss(algo.weights(params), task.support_x, task.support_y)
-        after = algo.loss(algo.adapt(params, task.support_x, task.support_y, steps=5), task.support_x, task.support_y)
+        after = algo.loss(algo.adapt(params, task, steps=5), task.support_x, task.support_y)
         assert after < before, name

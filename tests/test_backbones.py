@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from meta_core.models import Params, forward, init_params
-from meta_core.registry import ALGORITHMS, MODELS
+from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.tasks import Task, seeded_noise
 from pipelines.config import ConfigError, load
 from tests.cluster_helpers import config, start, train
@@ -42,9 +42,8 @@ def colour_task(ways: int = 3, side: int = 16) -> Task:
 @pytest.mark.parametrize("model", ["resnet12", "conv4"])
 @pytest.mark.parametrize("algorithm", ["protonet", "matchingnet", "maml", "fomaml", "anil", "hallucination", "metagan"])
 def test_every_image_algorithm_meta_trains_a_colour_backbone(model, algorithm):
-    net = MODELS[model].make((3, 16, 16), 3, width=4)
-    options = {"inner_steps": 1, "inner_lr": 0.1} if ALGORITHMS[algorithm].inner_loop else {}
-    algo = ALGORITHMS[algorithm].make(net, "classification", input_shape=(3, 16, 16), **options)
+    algo = Learner(ALGORITHMS[algorithm], MODELS[model], "classification", (3, 16, 16), 3, 1, 0.1, {}, {"width": 4}).build()
+    net = MODELS[model].make((3, 16, 16), ALGORITHMS[algorithm].head(3), width=4)
     params = algo.initial_params(0)
     with seeded_noise("cpu", 0, 0):
         grads, metrics = algo.task_grad(params, colour_task())

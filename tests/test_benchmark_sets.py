@@ -11,6 +11,7 @@ import torch
 
 import data
 from data.published import class_lists
+from meta_core.algorithms import base
 from meta_core.tasks import as_inputs, crop_and_flip, task_rng
 from pipelines.build import prepared, task_source
 from pipelines.config import CONFIG_DIR, ConfigError, load
@@ -55,7 +56,7 @@ def test_each_format_trains_evaluates_registers_and_serves(ray_local, tracking, 
     support_x, _, query_x = model.tensors(frame)
     torch.testing.assert_close(support_x, as_inputs(support, cfg.dataset.stats))  # normalised as training tasks are
     torch.testing.assert_close(query_x, as_inputs(query, cfg.dataset.stats))
-    trained = model.algo.predict(model.params, support_x, torch.arange(5), query_x, 0)
+    trained = base.answer(model.algo, model.params, support_x, torch.arange(5), query_x, 0)
     np.testing.assert_allclose(np.stack(answer["probabilities"]), trained.softmax(-1).detach().numpy(), atol=1e-5)
 
 

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import data
-from meta_core.algorithms.base import Algorithm
-from meta_core.algorithms.generative import GENERATOR, PREDICTION_SEED
+from meta_core.algorithms.base import PREDICTION_SEED, answer
+from meta_core.algorithms.generative import GENERATOR
+from meta_core.algorithms.gradient import GradientLearner
 from meta_core.models import forward
-from meta_core.registry import ALGORITHMS, MODELS
+from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.tasks import ClassificationTasks, seeded_noise, task_rng
 from pipelines.build import build_learner, prepared, task_source
 from pipelines.config import load
@@ -19,12 +20,12 @@ from pipelines.pipeline import run
 from pipelines.serving import request
 from tests.cluster_helpers import config, start, train
 from tests.test_data import png
-from tests.test_families import WAYS, class_images, episode, one_thread  # noqa: F401  (one_thread: an autouse fixture)
+from tests.test_families import WAYS, class_images, episode, logits, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 
 
-def make(name: str, **options):
+def make(name: str, inner_steps: int = 1, inner_lr: float = 0.01, **options):
     """A learner for 3-way 28x28 episodes (conv4 of width 8) and its initial parameters."""
-    algo = ALGORITHMS[name].make(MODELS["conv4"].make((28, 28), WAYS, width=8), "classification", input_shape=(28, 28), **options)
+    algo = Learner(ALGORITHMS[name], MODELS["conv4"], "classification", (28, 28), WAYS, inner_steps, inner_lr, options, {"width": 8}).build()
     return algo, algo.initial_params(1)
 
 
@@ -46,7 +47,7 @@ def test_zero_hallucinated_examples_is_the_base_learner_exactly(name, base):
     plain, plain_params = make(base)
     assert plain_params.keys() < params.keys() and all(torch.equal(plain_params[k], params[k]) for k in plain_params)
     task = episode()
-    assert torch.equal(seeded(algo.logits, params, task), plain.logits(plain_params, task))
+    assert torch.equal(seeded(logits, algo, params, task), logits(plain, plain_params, task))
     grads, _ = seeded(algo.task_grad, params, task)
     expected, _ = plain.task_grad(plain_params, task)
     assert all(torch.equal(grads[k], expected[k]) for k in expected)
@@ -57,13 +58,13 @@ def test_zero_hallucinated_examples_is_the_base_learner_exactly(name, base):
 def test_hallucinated_examples_join_the_support_set_and_the_generator_learns_through_the_query_loss(name):
     algo, params = make(name, generated=4)
     task = episode(shots=2)
-    embeddings = forward(algo.model, algo.weights(params), task.support_x)
+    embeddings = forward(algo.model, params, task.support_x)
     support, labels = seeded(algo.support_set, params, embeddings, task.support_y)
     assert len(support) == len(task.support_y) + WAYS * 4
     assert torch.equal(support[: len(embeddings)], embeddings)
     assert torch.equal(labels[len(embeddings) :].bincount(), torch.full((WAYS,), 4))  # 4 of each class, labelled as their seeds
     none, _ = make(name, generated=0)
-    assert not torch.allclose(seeded(algo.logits, params, task), none.logits(params, task))  # they move the prototypes / attention
+    assert not torch.allclose(seeded(logits, algo, params, task), logits(none, params, task))  # they move the prototypes / attention
     grads, _ = seeded(algo.task_grad, params, task)
     assert generator_grads(grads) and all(g.abs().sum() > 0 for g in generator_grads(grads).values())
 
@@ -121,8 +122,8 @@ def test_metagan_trains_the_generator_on_its_adversarial_loss_through_the_adapte
 
 def test_metagan_fakes_change_the_adapted_learner():
     algo, params, task = metagan()
-    with_fakes = algo.adapt(params, task.support_x, task.support_y)
-    real_only = Algorithm.adapt(algo, params, task.support_x, task.support_y)
+    with_fakes = algo.adapt(params, task)
+    real_only = GradientLearner.adaptations(algo, params, task, [algo.inner_steps])[0]
     assert not torch.allclose(with_fakes["head.weight"], real_only["head.weight"])
     assert all(torch.equal(with_fakes[k], params[k]) for k in params if k.startswith(GENERATOR))  # never adapted
 
@@ -135,12 +136,12 @@ def test_metagan_trains_a_ways_plus_one_head_and_predicts_over_the_real_classes(
     assert metrics["post_adapt_acc"] <= 1
     del algo.draw  # the learner's own noise again
     with seeded_noise("cpu", PREDICTION_SEED):  # the noise predict draws, to rebuild its answer
-        adapted = algo.adapt(params, task.support_x, task.support_y)
+        adapted = algo.adapt(params, task)
     full = forward(algo.model, adapted, task.query_x)
-    out = algo.predict(params, task.support_x, task.support_y, task.query_x)
+    out = answer(algo, params, task.support_x, task.support_y, task.query_x)
     assert out.shape == (len(task.query_x), WAYS)
     assert torch.equal(out.argmax(-1), full[:, :WAYS].argmax(-1))
-    assert torch.equal(out, algo.predict(params, task.support_x, task.support_y, task.query_x))  # the same noise each time
+    assert torch.equal(out, answer(algo, params, task.support_x, task.support_y, task.query_x))  # the same noise each time
 
 
 def test_metagan_checkpointed_inner_loop_gives_the_same_meta_gradient():
@@ -197,7 +198,7 @@ def test_a_users_table_of_features_or_images(tmp_path, name, images):
     task = task_source(cfg, splits["train"]).sample(task_rng(0, 0, 0, 0))
     grads, metrics = seeded(algo.task_grad, algo.initial_params(0), task)
     assert all(g.abs().sum() > 0 for g in generator_grads(grads).values()) and np.isfinite(float(metrics["meta_loss"]))
-    assert algo.predict(algo.initial_params(0), task.support_x, task.support_y, task.query_x).shape == (4, 2)
+    assert answer(algo, algo.initial_params(0), task.support_x, task.support_y, task.query_x).shape == (4, 2)
 
 
 # -- through the cluster and the pipeline ----------------------------------------------------------------

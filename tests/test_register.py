@@ -56,7 +56,7 @@ def test_champion_loads_from_the_registry_and_adapts_like_the_learner(trained):
     task, frame = sinusoid_request(seed=7)
     predictions = {}
     for steps in (0, 2, 5):
-        expected = forward(algo.model, algo.adapt(params, task.support_x, task.support_y, steps), task.query_x).detach()
+        expected = forward(algo.model, algo.adapt(params, task, steps), task.query_x).detach()
         predictions[steps] = model.predict(frame, params={"adapt_steps": steps})["prediction"].to_numpy()
         np.testing.assert_allclose(predictions[steps], expected.squeeze(-1).numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(predictions[0], predictions[2])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from data.registry import DATASETS, DataConfig, DatasetSpec, register_dataset
-from meta_core.algorithms.base import Algorithm, task_loss
+from meta_core.algorithms.base import task_loss
+from meta_core.algorithms.gradient import GradientLearner
 from meta_core.autodiff import grad
 from meta_core.models import forward
 from meta_core.registry import ALGORITHMS, AlgorithmSpec, positive_number, register_algorithm
@@ -18,7 +19,7 @@ from pipelines.serving import request
 from tests.conftest import ROOT
 
 
-class QueryGradient(Algorithm):
+class QueryGradient(GradientLearner):
     """Plain multi-task learning, scaled: the query loss's gradient at the meta-parameters, no adaptation in it."""
 
     def __init__(self, *args, scale: float = 1.0, **kwargs):

@@ -1,21 +1,51 @@
-"""What every algorithm is: a per-task meta-gradient and a test-time adaptation rule.
+"""The learner protocol: all that distribution, evaluation and serving ever call.
 
-Everything is a pure function of a parameter dict, differentiated with
-``meta_core.autodiff.grad`` so that one task's meta-gradient can also be
-``vmap``-ed over a stack of tasks.
-Distribution, checkpoints and tracking only ever call ``init``, ``task_grad``
-and ``adapt``: a new algorithm is one small class with its ``AlgorithmSpec``
-(``meta_core.registry``), and nothing else changes.
+A learner (an ``Algorithm``) is pure functions of a parameter dict ``params``:
+
+- ``initial_params(seed) -> Params``: the meta-parameters training starts from.
+- ``task_grad(params, task, pre_adapt=True) -> (Params, Metrics)``: one task's meta-gradient w.r.t. every
+  meta-parameter, and its metrics (``meta_loss``, ``post_adapt_*``, ``pre_adapt_*``). Written with
+  ``meta_core.autodiff.grad``, so that it can be ``vmap``-ed over a stack of tasks.
+- ``adaptations(params, task, counts) -> list[Adapted]``: the learner's state after each of ``counts``
+  adaptation steps (ascending) on what ``task`` gives it to adapt to, from one run of adaptation; ``adapt(params,
+  task, steps=None)`` is the state after one count (by default ``inner_steps``, the count training takes).
+  What the state is belongs to the learner: adapted weights, an embedded support set, a recurrent state.
+- ``predict(adapted, query_x) -> Tensor``: outputs for inputs from an adapted state.
+
+``task_grad`` adapts with ``adapt``; ``evaluate`` (defined here, once) reports ``query_metrics`` of the states
+``adaptations`` gives at each step count; serving answers with ``predict(adapt(...))`` (``answer``). So training,
+evaluation and serving share one adaptation path, and a learner never re-implements it for one of them.
+
+Two families implement it: ``GradientLearner`` (``gradient.py``: MAML, FOMAML, ANIL, Meta-SGD, Reptile, iMAML,
+MetaGAN), whose state is the weights after inner SGD steps on the support set, and ``EpisodeLearner``
+(``episodic.py``: ProtoNets, Matching Nets, MANN, hallucination), whose state is the support set as it reads it,
+given an embedding network without a head. MAML for RL (``maml_rl.py``) adapts by policy-gradient steps on its
+own rollouts; its state is the adapted policy with the rollouts it made.
+
+The families to come fit without special cases:
+
+- Lifelong learning (OML, ANML): a ``GradientLearner`` whose ``fast_weights`` are the adapted part of the network
+  and whose ``inner_step`` is one pass over the task's stream (its support set, in order), one SGD step per
+  example; ``task_grad`` differentiates the outer loss (the query set, plus a replay of the stream) through
+  ``adapt``, as MAML does; ``predict`` is the network with the adapted weights.
+- Meta-RL: the task is an environment (``meta_core.rl``'s goal and exploration noise); ProMP and MAML-TRPO are
+  ``maml_rl``'s adaptation with another outer surrogate in ``task_grad``; RL2 has no inner gradient: its state
+  is the recurrent policy's hidden state after ``n`` episodes of the task, and ``task_grad`` is the policy
+  gradient of the whole multi-episode trial. ``query_metrics`` is then minus the mean return of the state's
+  rollouts, as ``maml_rl`` reports it.
 """
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from meta_core.autodiff import grad
-from meta_core.models import Params, forward, init_params
-from meta_core.tasks import Task
+from meta_core.models import Params, init_params
+from meta_core.tasks import Task, seeded_noise
+
+Metrics = dict[str, torch.Tensor]
+PREDICTION_SEED = 0  # the noise a served learner draws, the same for every request: a request gets the same answer each time
 
 
 def task_loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -27,28 +57,22 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Algorithm:
-    """An algorithm owns the model's architecture, its loss and the inner loop.
-
-    ``kind`` is ``"regression"`` (MSE) or ``"classification"`` (cross-entropy,
-    with accuracy in the metrics). Meta-parameters are the model's weights plus
-    whatever else the outer loop learns (Meta-SGD's learning rates, ``lr.*``).
-    ``checkpoint_inner`` recomputes each inner step in the backward pass instead
-    of keeping its activations: less memory, one more forward per step.
-    ``input_shape`` is one example's shape, for learners that generate examples.
+    """A learner: ``model`` is its network, ``kind`` ``"regression"`` (MSE), ``"classification"`` (cross-entropy,
+    with accuracy in the metrics) or ``"rl"``; ``outputs`` the values it answers per example (ways, or 1).
+    ``inner_steps`` is the adaptation count training takes: what ``adapt`` does by default, the evaluation row
+    reported as post-adaptation. ``input_shape`` is one example's shape, for learners that generate examples.
     """
 
-    # Whether ``task_grad``, ``evaluate`` and ``predict`` draw random numbers (from torch's default generator). The
-    # callers then seed it from each task's key (``meta_core.tasks.seeded_noise``) and run task by task, never vmap-ed:
-    # a task sees the same noise on any worker, as it sees the same examples.
+    # Whether ``task_grad`` and ``adapt`` draw random numbers (from torch's default generator). The callers then seed
+    # it from each task's key (``meta_core.tasks.seeded_noise``) and run task by task, never vmap-ed: a task sees
+    # the same noise on any worker, as it sees the same examples. Serving seeds it with ``PREDICTION_SEED``.
     draws_noise = False
+    # Whether its differentiated inner loop is recomputed in the backward pass (``GradientLearner``); never vmap-ed then.
+    checkpoint_inner = False
 
-    def __init__(
-        self, model: nn.Module, kind: str, inner_steps: int = 1, inner_lr: float = 0.01, checkpoint_inner: bool = False,
-        input_shape: tuple[int, ...] | None = None,
-    ):  # fmt: skip
-        self.model, self.kind = model, kind
-        self.inner_steps, self.inner_lr = inner_steps, inner_lr
-        self.checkpoint_inner, self.input_shape = checkpoint_inner, input_shape
+    def __init__(self, model: nn.Module, kind: str, *, outputs: int | None = None, inner_steps: int = 1, input_shape: tuple[int, ...] | None = None):
+        self.model, self.kind, self.outputs = model, kind, outputs
+        self.inner_steps, self.input_shape = inner_steps, input_shape
 
     def init(self, weights: Params) -> Params:
         """Meta-parameters at the start of training, from freshly initialised weights."""
@@ -58,79 +82,54 @@ class Algorithm:
         """The meta-parameters training starts from: the model's weights drawn from ``seed``, then ``init``."""
         return self.init(init_params(self.model, seed))
 
-    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
-        """This task's meta-gradient w.r.t. every meta-parameter, and its metrics (``task_metrics``)."""
+    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
+        """This task's meta-gradient w.r.t. every meta-parameter, and its metrics. ``pre_adapt`` asks for the
+        metrics before adapting too, where they cost extra work (workers ask only every few steps)."""
         raise NotImplementedError
 
-    # -- the inner loop --------------------------------------------------------------
-    def weights(self, params: Params) -> Params:
-        return {k: v for k, v in params.items() if not k.startswith("lr.")}
+    def adaptations(self, params: Params, task: Task, counts: list[int]) -> list:
+        """The adapted state after each of ``counts`` (ascending) steps of adaptation to ``task``, from one run.
 
-    def fast_weights(self, weights: Params) -> Params:
-        """The weights the inner loop changes (all, unless a subclass says otherwise)."""
-        return weights
-
-    def loss(self, weights: Params, x, y) -> torch.Tensor:
-        return task_loss(self.kind, forward(self.model, weights, x), y)
-
-    def checkpointing(self, weights: Params) -> bool:
-        """Checkpoint only where there is a backward pass to replay into (never under ``vmap``, see step.py)."""
-        return self.checkpoint_inner and torch.is_grad_enabled() and any(w.requires_grad for w in weights.values())
-
-    def inner_grad(self, weights: Params, x, y) -> Params:
-        fast = self.fast_weights(weights)
-        return grad(lambda f: self.loss({**weights, **f}, x, y))(fast)
-
-    def inner_step(self, params: Params, weights: Params, x, y) -> Params:
-        """One SGD step on the support set; differentiable when called under an outer ``grad``."""
-        grads = self.inner_grad(weights, x, y)
-        return {k: w - self.inner_lr * grads[k] if k in grads else w for k, w in weights.items()}
-
-    def adapt(self, params: Params, x, y, steps: int | None = None) -> Params:
-        """Model weights after ``steps`` (default: the trained number of) inner steps on ``(x, y)``."""
-        weights = self.weights(params)
-        for _ in range(self.inner_steps if steps is None else steps):
-            if self.checkpointing(weights):
-                weights = checkpoint(self.inner_step, params, weights, x, y, use_reentrant=False)
-            else:
-                weights = self.inner_step(params, weights, x, y)
-        return weights
-
-    def predict(self, params: Params, support_x, support_y, query_x, steps: int | None = None) -> torch.Tensor:
-        """Outputs for ``query_x`` once the learner has adapted to the labelled support set."""
-        return forward(self.model, self.adapt(params, support_x, support_y, steps), query_x)
-
-    # -- metrics -----------------------------------------------------------------------
-    def query_metrics(self, weights: Params, task: Task, prefix: str, out=None) -> dict[str, torch.Tensor]:
-        """``<prefix>_loss`` (and ``<prefix>_acc``) on the query set; pass ``out`` to reuse a forward pass.
-
-        A fresh forward pass runs without recording a graph: metrics are never differentiated.
+        Only what adaptation reads of the task is read (its support set, for a few-shot task; the environment,
+        for an RL task): never the query set.
         """
+        raise NotImplementedError
+
+    def adapt(self, params: Params, task: Task, steps: int | None = None):
+        """The adapted state after ``steps`` (default: the trained number of) adaptation steps."""
+        return self.adaptations(params, task, [self.inner_steps if steps is None else steps])[0]
+
+    def predict(self, adapted, query_x: torch.Tensor) -> torch.Tensor:
+        """Outputs for ``query_x`` from an adapted state (``adapt``)."""
+        raise NotImplementedError
+
+    def query_metrics(self, adapted, task: Task, prefix: str, out: torch.Tensor | None = None) -> Metrics:
+        """``<prefix>_loss`` (and ``<prefix>_acc``) of ``adapted`` on the query set; ``out``: its predictions, if
+        computed already. A fresh prediction runs without recording a graph: metrics are never differentiated."""
         if out is None:
             with torch.no_grad():
-                out = forward(self.model, weights, task.query_x)
+                out = self.predict(adapted, task.query_x)
         metrics = {f"{prefix}_loss": task_loss(self.kind, out, task.query_y).detach()}
         if self.kind == "classification":
             metrics[f"{prefix}_acc"] = accuracy(out, task.query_y)
         return metrics
 
-    def task_metrics(self, params: Params, adapted: Params, task: Task, pre_adapt: bool, out=None) -> dict[str, torch.Tensor]:
-        """A task's training metrics: ``meta_loss`` (the query loss after adapting), the query metrics of the
-        ``adapted`` weights (``out``: their query outputs, if computed already) and, where ``pre_adapt`` asks for
-        them, those of the meta-parameters before adapting. Those cost one more forward pass over the query set,
-        a large part of a conv net's meta-step, so workers ask for them only every few steps."""
-        post = self.query_metrics(adapted, task, "post_adapt", out)
-        pre = self.query_metrics(self.weights(params), task, "pre_adapt") if pre_adapt else {}
-        return {"meta_loss": post["post_adapt_loss"], **pre, **post}
-
-    def evaluate(self, params: Params, task: Task, steps: list[int]) -> dict[str, torch.Tensor]:
-        """Query metrics before adaptation (``steps0_*``) and after each count in ``steps``."""
-        weights = self.weights(params)
-        metrics = self.query_metrics(weights, task, "steps0")
-        done = 0
-        for n in sorted(steps):
-            for _ in range(n - done):
-                weights = self.inner_step(params, weights, task.support_x, task.support_y)
-            done = n
-            metrics.update(self.query_metrics(weights, task, f"steps{n}"))
+    def evaluate(self, params: Params, task: Task, steps: list[int]) -> Metrics:
+        """Query metrics before adaptation (``steps0_*``) and after each count in ``steps`` (``steps<n>_*``)."""
+        counts, metrics = [0, *sorted(steps)], {}
+        for n, adapted in zip(counts, self.adaptations(params, task, counts), strict=True):
+            metrics.update(self.query_metrics(adapted, task, f"steps{n}"))
         return metrics
+
+
+def support_task(support_x: torch.Tensor, support_y: torch.Tensor) -> Task:
+    """A task of a support set alone, for ``adapt`` (a request's queries come without labels)."""
+    return Task(support_x, support_y, support_x[:0], support_y[:0])
+
+
+def answer(algo: Algorithm, params: Params, support_x, support_y, query_x, steps: int | None = None) -> torch.Tensor:
+    """Outputs for ``query_x`` once ``algo`` has adapted to the labelled support set in ``steps`` (default: as
+    trained): ``predict`` of ``adapt``, as served. A learner that draws noise draws ``PREDICTION_SEED``'s."""
+    noise = seeded_noise(query_x.device, PREDICTION_SEED) if algo.draws_noise else contextlib.nullcontext()
+    with noise:
+        return algo.predict(algo.adapt(params, support_task(support_x, support_y), steps), query_x)

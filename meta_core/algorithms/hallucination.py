@@ -9,6 +9,7 @@ classification, realistic or not.
 
 import torch
 
+from meta_core.algorithms.episodic import EPISODIC
 from meta_core.algorithms.generative import Generative, generator_options, mlp
 from meta_core.algorithms.matching import MatchingNet
 from meta_core.algorithms.protonet import ProtoNet
@@ -56,8 +57,7 @@ register_algorithm(
         HallucinatingProtoNet,
         "as `protonet`, with prototypes of real plus generated support embeddings; the generator learns through the query loss",
         options=OPTIONS,
-        kinds=("classification",),
-        inner_loop=False,
+        **EPISODIC,
     )
 )
 register_algorithm(
@@ -66,7 +66,6 @@ register_algorithm(
         HallucinatingMatchingNet,
         "as `matchingnet`, attending over real plus generated support embeddings",
         options=OPTIONS,
-        kinds=("classification",),
-        inner_loop=False,
+        **EPISODIC,
     )
 )

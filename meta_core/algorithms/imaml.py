@@ -10,9 +10,10 @@ whatever ``inner_steps`` is, where MAML's grows with every step it unrolls.
 
 import torch
 
-from meta_core.algorithms.base import Algorithm, task_loss
+from meta_core.algorithms.base import task_loss
+from meta_core.algorithms.gradient import GradientLearner
 from meta_core.autodiff import grad
-from meta_core.models import Params, forward
+from meta_core.models import Params
 from meta_core.registry import AlgorithmSpec, positive_int, positive_number, register_algorithm
 from meta_core.tasks import Task
 
@@ -50,7 +51,7 @@ def conjugate_gradient(matvec, b: Params, iterations: int) -> Params:
     return x
 
 
-class IMAML(Algorithm):
+class IMAML(GradientLearner):
     """``lam`` is the proximal regulariser's strength; ``cg_steps`` the conjugate-gradient iterations."""
 
     def __init__(self, *args, lam: float = 1.0, cg_steps: int = 5, **kwargs):
@@ -64,10 +65,10 @@ class IMAML(Algorithm):
 
     def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
         theta = {k: v.detach() for k, v in params.items()}
-        phi = {k: v.detach() for k, v in self.adapt(theta, task.support_x, task.support_y).items()}
+        phi = {k: v.detach() for k, v in self.adapt(theta, task).items()}
 
         def query_loss(weights):
-            out = forward(self.model, weights, task.query_x)
+            out = self.predict(weights, task.query_x)
             return task_loss(self.kind, out, task.query_y), out
 
         query_grad, out = grad(query_loss, has_aux=True)(phi)

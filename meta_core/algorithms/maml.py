@@ -4,14 +4,15 @@ import functools
 
 import torch
 
-from meta_core.algorithms.base import Algorithm, task_loss
+from meta_core.algorithms.base import task_loss
+from meta_core.algorithms.gradient import GradientLearner
 from meta_core.autodiff import grad
-from meta_core.models import Params, forward
+from meta_core.models import Params
 from meta_core.registry import AlgorithmSpec, register_algorithm
 from meta_core.tasks import Task
 
 
-class MAML(Algorithm):
+class MAML(GradientLearner):
     """Second-order MAML; ``first_order=True`` treats the inner gradients as constants (FOMAML)."""
 
     def __init__(self, *args, first_order: bool = False, **kwargs):
@@ -24,8 +25,8 @@ class MAML(Algorithm):
 
     def query_loss(self, params: Params, task: Task, pre_adapt: bool):
         """The outer loss: query loss of the adapted weights, with the task's metrics as aux."""
-        adapted = self.adapt(params, task.support_x, task.support_y)
-        out = forward(self.model, adapted, task.query_x)
+        adapted = self.adapt(params, task)
+        out = self.predict(adapted, task.query_x)
         return task_loss(self.kind, out, task.query_y), self.task_metrics(params, adapted, task, pre_adapt, out)
 
     def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from meta_core.algorithms.episodic import EpisodeLearner, one_hot
+from meta_core.algorithms.episodic import EPISODIC, Episode, EpisodeLearner, one_hot
 from meta_core.models import Params
 from meta_core.registry import AlgorithmSpec, positive_int, register_algorithm
 from meta_core.tasks import Task
@@ -98,14 +98,19 @@ class MemoryNetwork(nn.Module):
 
 
 class MANN(EpisodeLearner):
-    """``controller_size`` LSTM units; a memory of ``memory_slots`` rows of ``memory_width``."""
+    """``controller_size`` LSTM units; a memory of ``memory_slots`` rows of ``memory_width``. Its network is the
+    ``MemoryNetwork`` around the embedding it is given, which reads the support sequence with the queries."""
 
     def __init__(self, model: nn.Module, kind: str, controller_size: int = 200, memory_slots: int = 128, memory_width: int = 40, **kwargs):
         super().__init__(model, kind, **kwargs)
         self.model = MemoryNetwork(model, self.features, self.ways, controller_size, memory_slots, memory_width)
 
-    def logits(self, params: Params, task: Task) -> torch.Tensor:
-        return functional_call(self.model, params, (task.support_x, task.support_y, task.query_x))
+    def adaptations(self, params: Params, task: Task, counts: list[int]) -> list[Episode]:
+        """The support sequence itself, read into memory with the queries (``predict``)."""
+        return [Episode(params, task.support_x, task.support_y)] * len(counts)
+
+    def predict(self, adapted: Episode, query_x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, adapted.params, (adapted.support, adapted.labels, query_x))
 
 
 register_algorithm(
@@ -118,7 +123,6 @@ register_algorithm(
             positive_int("memory_slots", 128, "memory rows"),
             positive_int("memory_width", 40, "values per memory row"),
         ),
-        kinds=("classification",),
-        inner_loop=False,
+        **EPISODIC,
     )
 )

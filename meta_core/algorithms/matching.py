@@ -8,7 +8,7 @@ are not used.
 import torch
 import torch.nn.functional as F
 
-from meta_core.algorithms.episodic import EpisodeLearner, one_hot
+from meta_core.algorithms.episodic import EPISODIC, EpisodeLearner, one_hot
 from meta_core.registry import AlgorithmSpec, register_algorithm
 
 
@@ -25,8 +25,4 @@ class MatchingNet(EpisodeLearner):
         return attend(queries, support, one_hot(labels, self.ways)).log()
 
 
-register_algorithm(
-    AlgorithmSpec(
-        "matchingnet", MatchingNet, "query NLL of cosine-softmax attention over the support set", kinds=("classification",), inner_loop=False
-    )
-)
+register_algorithm(AlgorithmSpec("matchingnet", MatchingNet, "query NLL of cosine-softmax attention over the support set", **EPISODIC))

@@ -39,15 +39,19 @@ class TaskGenerator(nn.Module):
 
 
 class MetaGAN(Generative, MAML):
-    """``metrics``: the usual ones over the real classes, plus ``generator_loss``."""
+    """Given a network with ``outputs + 1`` outputs (its spec's ``head``), the last one "fake".
+    ``metrics``: the usual ones over the real classes, plus ``generator_loss``."""
 
     def __init__(self, model: nn.Module, kind: str, generated: int = 1, noise: int = 100, generator_width: int = 256, **kwargs):
         super().__init__(model, kind, **kwargs)
-        if self.input_shape is None:
-            raise ValueError("metagan: the generator needs input_shape, the shape of one example")
-        self.ways, self.generated, self.noise = model.head.out_features, generated, noise
-        model.head = nn.Linear(model.head.in_features, self.ways + 1)  # the last logit is "fake"
+        if self.input_shape is None or self.outputs is None:
+            raise ValueError("metagan: the generator needs input_shape, the shape of one example, and outputs, the number of ways")
+        self.ways, self.generated, self.noise = self.outputs, generated, noise
         model.generator = TaskGenerator(self.input_shape, noise, generator_width)
+
+    def fast_weights(self, weights: Params) -> Params:
+        """The generator is meta-trained only: the inner loop never adapts it."""
+        return {k: w for k, w in weights.items() if not k.startswith(GENERATOR)}
 
     def draw(self, like: torch.Tensor) -> torch.Tensor:
         """Noise for one batch of fakes, ``generated`` per class."""
@@ -58,25 +62,31 @@ class MetaGAN(Generative, MAML):
         fakes = self.generate(params, x, noise)
         return torch.cat([x, fakes]), torch.cat([y, y.new_full((len(fakes),), self.ways)])
 
-    def adapt(self, params: Params, x, y, steps: int | None = None) -> Params:
-        """MAML's inner loop on the real support set plus freshly generated fakes."""
-        return super().adapt(params, *self.with_fakes(params, x, y, self.draw(x)), steps)
+    def adaptations(self, params: Params, task: Task, counts: list[int]) -> list[Params]:
+        """MAML's inner loop on the real support set plus one batch of freshly generated fakes."""
+        x, y = self.with_fakes(params, task.support_x, task.support_y, self.draw(task.support_x))
+        return super().adaptations(params, task._replace(support_x=x, support_y=y), counts)
 
-    def losses(self, params: Params, task: Task, noise, pre_adapt: bool):
-        """The learner's and the generator's losses from one adaptation (on the real support set plus fakes from
-        ``noise[0]``), with the metrics; fresh fakes come from ``noise[1]``.
+    def predict(self, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
+        """Logits over the real classes: the "fake" one dropped."""
+        return forward(self.model, adapted, query_x)[..., : self.ways]
+
+    def losses(self, params: Params, task: Task, pre_adapt: bool):
+        """The learner's and the generator's losses from one adaptation (on the real support set plus fakes), with
+        the metrics; fresh fakes are drawn after it.
 
         The learner's: ``ways + 1`` cross-entropy of the adapted learner on the real queries and the fakes. The
         generator's, non-saturating: ``-log P(not fake)`` of the fakes under the adapted learner.
         """
-        adapted = super().adapt(params, *self.with_fakes(params, task.support_x, task.support_y, noise[0]))
-        fake = forward(self.model, adapted, self.generate(params, task.support_x, noise[1]))
+        adapted = self.adapt(params, task)
+        fake = forward(self.model, adapted, self.generate(params, task.support_x, self.draw(task.support_x)))
         real = forward(self.model, adapted, task.query_x)  # real and fake queries apart: batch norm sees the real ones alone, as at prediction
         learner = (F.cross_entropy(real, task.query_y, reduction="sum") + F.cross_entropy(fake, self.fake_labels(fake), reduction="sum")) / (
             len(real) + len(fake)
         )
         generator = (fake.logsumexp(-1) - fake[:, : self.ways].logsumexp(-1)).mean()
-        return (learner, generator), {**self.task_metrics(params, adapted, task, pre_adapt, real), "generator_loss": generator.detach()}
+        metrics = self.task_metrics(params, adapted, task, pre_adapt, real[..., : self.ways])
+        return (learner, generator), {**metrics, "generator_loss": generator.detach()}
 
     def fake_labels(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.full((len(logits),), self.ways, dtype=torch.long, device=logits.device)
@@ -84,24 +94,8 @@ class MetaGAN(Generative, MAML):
     def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
         """The learner's weights follow the learner's loss, the generator's follow the generator's loss; both see the
         same fakes."""
-        noise = torch.stack([self.draw(task.support_x), self.draw(task.support_x)])
-        (learner, generator), metrics = grads(self.losses, has_aux=True)(params, task, noise, pre_adapt)
+        (learner, generator), metrics = grads(self.losses, has_aux=True)(params, task, pre_adapt)
         return {k: generator[k] if k.startswith(GENERATOR) else g for k, g in learner.items()}, metrics
-
-    def query_metrics(self, weights: Params, task: Task, prefix: str, out=None) -> dict[str, torch.Tensor]:
-        """Over the real classes only, as predictions are."""
-        if out is None:
-            with torch.no_grad():
-                out = forward(self.model, weights, task.query_x)
-        return super().query_metrics(weights, task, prefix, out[..., : self.ways])
-
-    def evaluate(self, params: Params, task: Task, steps: list[int]) -> dict[str, torch.Tensor]:
-        """Adaptation steps on the real support set plus one batch of fakes, as at prediction."""
-        x, y = self.with_fakes(params, task.support_x, task.support_y, self.draw(task.support_x))
-        return super().evaluate(params, task._replace(support_x=x, support_y=y), steps)
-
-    def predict(self, params: Params, support_x, support_y, query_x, steps: int | None = None) -> torch.Tensor:
-        return super().predict(params, support_x, support_y, query_x, steps)[..., : self.ways]
 
 
 register_algorithm(
@@ -112,5 +106,6 @@ register_algorithm(
         options=(positive_int("generated", 1, "fake examples per class, in the support set and among the queries"), *generator_options(100, 256)),
         kinds=("classification",),
         checkpointable=True,
+        head=lambda ways: ways + 1,
     )
 )

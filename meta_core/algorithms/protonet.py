@@ -2,7 +2,7 @@
 
 import torch
 
-from meta_core.algorithms.episodic import EpisodeLearner, one_hot
+from meta_core.algorithms.episodic import EPISODIC, EpisodeLearner, one_hot
 from meta_core.registry import AlgorithmSpec, register_algorithm
 
 
@@ -22,6 +22,4 @@ class ProtoNet(EpisodeLearner):
         return negative_squared_distances(queries, prototypes(support, labels, self.ways))
 
 
-register_algorithm(
-    AlgorithmSpec("protonet", ProtoNet, "query cross-entropy on `-||f(x) - class mean||^2`", kinds=("classification",), inner_loop=False)
-)
+register_algorithm(AlgorithmSpec("protonet", ProtoNet, "query cross-entropy on `-||f(x) - class mean||^2`", **EPISODIC))
