@@ -1,15 +1,17 @@
 """Selecting on validation (``train.select_on: val``): the best validated parameters are the trained model, patience
-stops training, and a run interrupted and resumed selects as an unkilled one."""
+stops training, and a run interrupted and resumed selects as an unkilled one; and the one policy every ranking asks."""
 
 import math
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from pipelines.checkpoint import Checkpoint
 from pipelines.config import load
+from pipelines.selection import Metric
 from pipelines.session import Session
 from pipelines.stages import train as train_stage
 from pipelines.stages.train import train
@@ -89,3 +91,22 @@ def test_patience_stops_training_and_a_run_interrupted_mid_validation_resumes_to
     del summary["train_tasks_per_s"], again["train_tasks_per_s"]  # a speed, not a result
     assert again == summary
     torch.testing.assert_close(resumed.flat, reference.flat, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_nan_never_improves_and_never_blocks_a_finite_figure(higher_is_better):
+    metric, nan = Metric("val_post_adapt_x", higher_is_better), math.nan
+    good, bad = (0.9, 0.1) if higher_is_better else (0.1, 0.9)
+    assert metric.improves(good, bad) and not metric.improves(bad, good) and not metric.improves(good, good)
+    assert metric.improves(bad, None) and metric.improves(bad, nan) and metric.improves(bad, math.inf if not higher_is_better else -math.inf)
+    assert not metric.improves(nan, None) and not metric.improves(nan, bad) and not metric.improves(nan, nan)
+    table = pd.DataFrame({"val_post_adapt_x": [nan, bad, good, bad], "trial": ["a", "d", "c", "b"]})
+    assert list(metric.best_first(table, then="trial").trial) == ["c", "b", "d", "a"]
+
+
+def test_the_direction_is_the_algorithm_specs_and_selection_ranks_on_registers_validation_twin():
+    accuracy = Metric.validation(load("omniglot", ["register.metric=eval_post_adapt_acc"]))
+    assert accuracy == Metric("val_post_adapt_acc", higher_is_better=True) and accuracy.mode == "max"
+    loss = Metric.validation(load("sinusoid"))
+    assert loss == Metric("val_post_adapt_loss", higher_is_better=False) and loss.mode == "min"
+    assert loss.rankable(math.nan) == math.inf and accuracy.rankable(math.nan) == -math.inf

@@ -87,8 +87,8 @@ def register_stage(config: Config, trained: Trained, eval_metrics: dict[str, flo
     crowned = beats(value, holder, Metric.of(config, metric))
     if crowned:
         client.set_registered_model_alias(name, alias, number)
-    champion_version = int(number if crowned else holder.version)
-    mlflow.set_tags({"registered_model": name, "model_version": str(number), f"{alias}_version": str(champion_version)})
-    print(f"registered {name} version {number} ({metric}={value:.4f}); {alias}: version {champion_version}")
+    champion_version = int(number) if crowned else int(holder.version) if holder is not None else None  # None: a NaN first version
+    mlflow.set_tags({"registered_model": name, "model_version": str(number), f"{alias}_version": str(champion_version or "")})
+    print(f"registered {name} version {number} ({metric}={value:.4f}); {alias}: " + (f"version {champion_version}" if champion_version else "none"))
     outputs = {"model_name": name, "version": int(number), "alias": alias, "champion_version": champion_version}
     return {"run_id": mlflow.active_run().info.run_id, **outputs}
