@@ -70,9 +70,10 @@ def of_run(run: Run, checkpoint_dir: str, restart: bool = False) -> Checkpoint:
     if Path(recorded).exists():
         return Checkpoint(Path(recorded), fresh.stage_key, run_id)
     if not restart:
+        pipeline = run.data.tags.get("mlflow.parentRunId", "PIPELINE_RUN_ID")
         raise ConfigError(
             f"train run {run_id}: its checkpoint {recorded} is not here (written on another machine, or deleted); "
-            f"make it available at that path, or resume with --restart to train again from step 0"
+            f"make it available at that path, or train again from step 0 with: python -m pipelines resume {pipeline} --restart"
         )
     print(f"train: checkpoint {recorded} not found; training again from step 0 (--restart)")
     return fresh
