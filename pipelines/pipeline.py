@@ -5,7 +5,9 @@ it uses; its key is a digest of both. A stage whose key matches a finished run
 of that stage in the experiment is skipped and its recorded outputs reused. A
 pipeline that died (crash, Ctrl-C, SIGKILL) is picked up again by ``resume``,
 or by the same ``run`` command: the same parent run, the same stage runs, and
-training continues from its last checkpoint.
+training continues from its last checkpoint, at the absolute path its train run
+recorded (a resume that cannot find it stops, unless asked to restart). Within
+one run, stages hand the trained learner on in memory.
 """
 
 import contextlib
