@@ -5,6 +5,7 @@ the tensors, ``yaml.safe_load`` for the config, and the code rebuilds the rest.
 """
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -17,12 +18,30 @@ from pipelines.build import build_learner
 from pipelines.config import Config, from_dict
 
 
-def log_trained(config: Config, params: Params) -> None:
-    """Log the meta-learned parameters and the config that built them to the active run."""
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save({k: v.detach().contiguous() for k, v in params.items()}, Path(tmp) / "params.pt")
-        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.as_dict(), sort_keys=False))
-        mlflow.log_artifacts(tmp)
+@dataclass(frozen=True)
+class Trained:
+    """A train run's outcome, handed from stage to stage in one pipeline run: the run, its config and parameters."""
+
+    run_id: str
+    config: Config
+    params: Params
+
+    @classmethod
+    def download(cls, run_id: str) -> "Trained":
+        """From the train run's artifacts: training done by an earlier process."""
+        config, _, params = load_trained(run_id)
+        return cls(run_id, config, params)
+
+    def write(self, folder: str | Path) -> None:
+        """The two artifacts, into ``folder``."""
+        torch.save({k: v.detach().contiguous() for k, v in self.params.items()}, Path(folder) / "params.pt")
+        (Path(folder) / "config.yaml").write_text(yaml.safe_dump(self.config.as_dict(), sort_keys=False))
+
+    def log(self) -> None:
+        """Both artifacts, to the active run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.write(tmp)
+            mlflow.log_artifacts(tmp)
 
 
 def read_trained(folder: str | Path) -> tuple[Config, Algorithm, Params]:

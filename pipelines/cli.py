@@ -25,7 +25,7 @@ def cmd_run(args) -> None:
 def cmd_resume(args) -> None:
     from pipelines.pipeline import resume
 
-    resume(args.run_id, args.tracking_uri)
+    resume(args.run_id, args.tracking_uri, restart=args.restart)
 
 
 def cmd_sweep(args) -> None:
@@ -148,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
 
     resume = sub.add_parser("resume", parents=[tracking], help="continue a pipeline run from its last checkpoint")
     resume.add_argument("run_id", help="the pipeline's MLflow run id")
+    resume.add_argument("--restart", action="store_true", help="train again from step 0 if the train run's checkpoint is gone")
     resume.set_defaults(handler=cmd_resume)
 
     compare = sub.add_parser("compare", parents=[tracking], help="a table and learning curves of the pipeline runs of experiments")

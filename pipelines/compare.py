@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.config import ConfigError
 from pipelines.plots import smoothed
+from pipelines.selection import Metric
 from pipelines.tracking import MetricBuffer
 
 
@@ -105,8 +106,7 @@ def trials_table(sweep: Run) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows, columns=["trial", *keys, metric, "step", "status", "run_id"])
-    higher_is_better = sweep.data.tags["sweep_mode"] == "max"
-    return table.sort_values([metric, "trial"], ascending=[not higher_is_better, True], na_position="last", ignore_index=True)
+    return Metric(metric, higher_is_better=sweep.data.tags["sweep_mode"] == "max").best_first(table, then="trial")
 
 
 def plot_sweep(table: pd.DataFrame, keys: list[str], metric: str, path: Path) -> None:

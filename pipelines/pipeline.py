@@ -5,7 +5,9 @@ it uses; its key is a digest of both. A stage whose key matches a finished run
 of that stage in the experiment is skipped and its recorded outputs reused. A
 pipeline that died (crash, Ctrl-C, SIGKILL) is picked up again by ``resume``,
 or by the same ``run`` command: the same parent run, the same stage runs, and
-training continues from its last checkpoint.
+training continues from its last checkpoint, at the absolute path its train run
+recorded (a resume that cannot find it stops, unless asked to restart). Within
+one run, stages hand the trained learner on in memory.
 """
 
 import contextlib
@@ -19,14 +21,13 @@ from typing import Callable
 import mlflow
 from mlflow.entities import Run
 
-from cluster.allreduce import make_driver
-from cluster.driver import Driver, connect
-from meta_core.flat import flatten, layout_of, unflatten
-from pipelines import tracking
-from pipelines.artifacts import load_trained, log_trained
-from pipelines.build import build_learner, worker_setup
+from cluster.driver import connect
+from meta_core.flat import flatten
+from pipelines import checkpoint, tracking
+from pipelines.artifacts import Trained
 from pipelines.config import Config, digest, from_dict
 from pipelines.plots import log_plots
+from pipelines.session import Session
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.register import register_stage
 from pipelines.stages.train import train
@@ -42,27 +43,30 @@ def load_splits(prepared: dict) -> dict:
     return data.load_splits(Path(prepared["dataset"]))
 
 
-def fresh_params(config: Config):
-    """The learner's initial parameters, drawn from ``seed``."""
-    return build_learner(config).initial_params(config.seed)
-
-
 class Context:
-    """What stages share within one pipeline run: the config, upstream outputs, and one Ray driver."""
+    """What stages share within one pipeline run: the config, upstream outputs, one training session (its workers
+    started once, for training and evaluation), and the trained learner, handed on in memory."""
 
-    def __init__(self, config: Config):
-        self.config, self.outputs, self._driver = config, {}, None
+    def __init__(self, config: Config, restart: bool = False):
+        self.config, self.restart, self.outputs = config, restart, {}
+        self._session: Session | None = None
+        self.learned: Trained | None = None  # set by the train stage where it ran in this process
 
-    def driver(self) -> Driver:
-        if self._driver is None:
+    def session(self) -> Session:
+        if self._session is None:
             connect(self.config.cluster.address)
-            splits = load_splits(self.outputs["prepare"])
-            self._driver = make_driver(worker_setup(self.config), self.config.cluster, splits, layout_of(fresh_params(self.config)))
-        return self._driver
+            self._session = Session.from_config(self.config, load_splits(self.outputs["prepare"]))
+        return self._session
+
+    def trained(self) -> Trained:
+        """What the train stage produced: in memory, or from its run where training was done by an earlier process."""
+        if self.learned is None:
+            self.learned = Trained.download(self.outputs["train"]["run_id"])
+        return self.learned
 
     def close(self) -> None:
-        if self._driver is not None:
-            self._driver.shutdown()
+        if self._session is not None:
+            self._session.close()
 
 
 def prepare_body(ctx: Context, run) -> dict:
@@ -74,24 +78,25 @@ def prepare_body(ctx: Context, run) -> dict:
 
 
 def train_body(ctx: Context, run) -> dict:
-    params = fresh_params(ctx.config)
-    layout, flat = layout_of(params), flatten(params).clone()
-    summary = train(ctx.config, ctx.driver(), flat, run.info.run_id, run.data.tags["stage_key"])
-    log_trained(ctx.config, unflatten(flat.detach(), layout))
+    session = ctx.session()
+    summary = train(session, run.info.run_id, checkpoint.of_run(run, ctx.config.train.checkpoint_dir, ctx.restart))
+    ctx.learned = Trained(run.info.run_id, ctx.config, session.params())
+    ctx.learned.log()
     return {"run_id": run.info.run_id, "summary": summary}
 
 
 def evaluate_body(ctx: Context, run) -> dict:
-    _, _, params = load_trained(ctx.outputs["train"]["run_id"])
-    metrics, table = evaluate(ctx.config, ctx.driver(), flatten(params))
+    trained, session = ctx.trained(), ctx.session()
+    session.load(flatten(trained.params))
+    metrics, table = evaluate(session)
     mlflow.log_table(table, "evaluation.json")
     tracking.log_published(ctx.config)
-    log_plots(ctx.outputs["train"]["run_id"], table)
+    log_plots(trained.run_id, table)
     return {"run_id": run.info.run_id, "summary": metrics}
 
 
 def register_body(ctx: Context, run) -> dict:
-    return register_stage(ctx.config, ctx.outputs["train"]["run_id"], ctx.outputs["evaluate"]["summary"])
+    return register_stage(ctx.config, ctx.trained(), ctx.outputs["evaluate"]["summary"])
 
 
 @dataclass(frozen=True)
@@ -174,8 +179,9 @@ def find_pipeline(experiment_id: str, config: Config) -> Run | None:
     return runs[0] if runs else None
 
 
-def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] = (), resume_id: str | None = None) -> str:
-    """Run (or continue) the pipeline for ``config``; returns its MLflow parent run id."""
+def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] = (), resume_id: str | None = None, restart: bool = False) -> str:
+    """Run (or continue) the pipeline for ``config``; returns its MLflow parent run id. ``restart``: an unfinished
+    train run whose checkpoint is gone trains again from step 0 (without it, that stops the run)."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
     experiment = mlflow.set_experiment(config.experiment)
     previous = mlflow.get_run(resume_id) if resume_id else find_pipeline(experiment.experiment_id, config)
@@ -187,7 +193,7 @@ def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] 
         start = {"run_id": previous.info.run_id}
     else:
         start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline"}}
-    ctx = Context(config)
+    ctx = Context(config, restart)
     try:
         with tracked_run(**start, log_system_metrics=True) as parent:
             if "run_id" not in start:
@@ -204,11 +210,12 @@ def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] 
     return parent.info.run_id
 
 
-def resume(run_id: str, tracking_uri: str | None = None) -> str:
-    """Continue the pipeline run ``run_id`` with the config it was started with."""
+def resume(run_id: str, tracking_uri: str | None = None, restart: bool = False) -> str:
+    """Continue the pipeline run ``run_id`` with the config it was started with, training from the checkpoint its train
+    run recorded; with ``restart``, from step 0 where that checkpoint is gone."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
     tracking.run_to_resume(run_id, "pipeline", "resume")
-    return run(from_dict(tracking.load_yaml_artifact(run_id, "config.yaml")), tracking_uri, resume_id=run_id)
+    return run(from_dict(tracking.load_yaml_artifact(run_id, "config.yaml")), tracking_uri, resume_id=run_id, restart=restart)
 
 
 def report(metrics: dict[str, float]) -> str:

@@ -27,17 +27,17 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.allreduce import make_driver
 from cluster.driver import connect
-from meta_core.flat import flatten, layout_of
 from pipelines import tracking
-from pipelines.build import prepared, worker_setup
+from pipelines.build import prepared
+from pipelines.checkpoint import Checkpoint
 from pipelines.compare import trials_table
 from pipelines.config import Config, ConfigError, digest, from_dict, load
 from pipelines.config import flatten as flat_keys
-from pipelines.pipeline import fresh_params, load_splits, run, search, tracked_run
+from pipelines.pipeline import load_splits, run, search, tracked_run
+from pipelines.selection import Metric
+from pipelines.session import Session
 from pipelines.space import Space, read_space, sweep_config
-from pipelines.stages.evaluate import higher_is_better, rankable, val_metric
 from pipelines.stages.train import train
 
 
@@ -59,12 +59,8 @@ class Sweep:
         return str(Path(self.storage) / self.run_id)
 
     @property
-    def metric(self) -> str:
-        return val_metric(self.config)
-
-    @property
-    def mode(self) -> str:
-        return "max" if higher_is_better(self.config, self.metric) else "min"
+    def metric(self) -> Metric:
+        return Metric.validation(self.config)
 
     @property
     def trial_steps(self) -> int:
@@ -95,24 +91,18 @@ def run_trial(values: dict, sweep: Sweep) -> None:
     run_id = sweep.trial_run(tune.get_context().get_trial_id()).info.run_id
     splits = sweep.splits()
     MlflowClient().set_tag(run_id, "splits", ",".join(splits))
-    params = fresh_params(config)
     placement = PlacementGroupSchedulingStrategy(ray.util.get_current_placement_group())
-    driver = make_driver(worker_setup(config), config.cluster, splits, layout_of(params), placement)
-    flat = flatten(params).clone()
-    key = digest(config.as_dict())  # of the trial's config, wherever its checkpoint is unpacked
-    with tempfile.TemporaryDirectory() as scratch:
-        local = config.with_values({"train.checkpoint_dir": scratch})
+    with tempfile.TemporaryDirectory() as scratch, Session.from_config(config, splits, placement) as session:
         if tune.get_checkpoint() is not None:
             tune.get_checkpoint().to_directory(scratch)
+        # keyed by the trial's config, wherever its checkpoint is unpacked
+        checkpoint = Checkpoint(Path(scratch) / f"{run_id}.pt", digest(config.as_dict()))
 
         def report(done: int, metrics: dict[str, float]) -> None:
-            ranked = {sweep.metric: rankable(config, metrics[sweep.metric]), "step": done}
+            ranked = {sweep.metric.name: sweep.metric.rankable(metrics[sweep.metric.name]), "step": done}
             tune.report(ranked, checkpoint=tune.Checkpoint.from_directory(scratch))
 
-        try:
-            train(local, driver, flat, run_id, key, report)
-        finally:
-            driver.shutdown()
+        train(session, run_id, checkpoint, report)
 
 
 class TrialRuns(tune.Callback):
@@ -182,8 +172,8 @@ def new_tuner(sweep: Sweep, space: Space, trials: int, concurrent: int) -> tune.
         trainable(sweep),
         param_space=space.tune_space(),
         tune_config=tune.TuneConfig(
-            metric=sweep.metric,
-            mode=sweep.mode,
+            metric=sweep.metric.name,
+            mode=sweep.metric.mode,
             scheduler=asha,
             num_samples=trials,
             search_alg=BasicVariantGenerator(max_concurrent=concurrent, random_state=sweep.config.seed),
@@ -223,10 +213,10 @@ def start(
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(config.experiment)
     storage = str(Path(config.train.checkpoint_dir).resolve() / "sweeps")
-    metric = val_metric(config)
+    metric = Metric.validation(config)
     tags = {
-        **tracking.tags(config), "stage": "sweep", "sweep_metric": metric, "sweep_keys": ",".join(space.searched),
-        "config_name": config_name, "tune_storage": storage, "sweep_mode": "max" if higher_is_better(config, metric) else "min",
+        **tracking.tags(config), "stage": "sweep", "sweep_metric": metric.name, "sweep_keys": ",".join(space.searched),
+        "config_name": config_name, "tune_storage": storage, "sweep_mode": metric.mode,
     }  # fmt: skip
     with tracked_run(run_name=f"sweep-{tracking.run_name(config)}", tags=tags) as parent:
         sweep = Sweep(parent.info.run_id, experiment.experiment_id, uri, config, storage, dataset, space.trials(samples))
@@ -276,15 +266,15 @@ def run_trials(sweep: Sweep, tuner: tune.Tuner) -> None:
     best = best_trial(sweep)
     if best is not None:
         mlflow.log_dict(best_config(sweep, best).as_dict(), "best_config.yaml")
-        mlflow.log_metric(f"best_{sweep.metric}", best.data.metrics[sweep.metric])
+        mlflow.log_metric(f"best_{sweep.metric.name}", best.data.metrics[sweep.metric.name])
         mlflow.set_tag("best_trial_run_id", best.info.run_id)
 
 
 def best_trial(sweep: Sweep):
-    """The trial run with the best last validation figure, or None if none has a finite one."""
+    """The trial run with the best last validation figure (the first of ``trials_table``), or None if none has a
+    finite one."""
     table = trials_table(mlflow.get_run(sweep.run_id))
-    ranked = table[table[sweep.metric].map(math.isfinite)]
-    return mlflow.get_run(ranked.run_id.iloc[0]) if len(ranked) else None
+    return mlflow.get_run(table.run_id.iloc[0]) if len(table) and math.isfinite(table[sweep.metric.name].iloc[0]) else None
 
 
 def best_config(sweep: Sweep, best) -> Config:
@@ -312,9 +302,9 @@ def conclude(sweep: Sweep, finish: bool, tracking_uri: str | None) -> str:
     print(table.drop(columns="run_id").to_string(index=False))
     best = best_trial(sweep)
     if best is None:
-        raise ConfigError(f"sweep {sweep.run_id}: no trial reported a finite {sweep.metric}; nothing to choose")
+        raise ConfigError(f"sweep {sweep.run_id}: no trial reported a finite {sweep.metric.name}; nothing to choose")
     config = best_config(sweep, best)
-    print(f"best: {sweep.metric} = {best.data.metrics[sweep.metric]:.4f} (trial {best.data.tags['trial_id']}, run {best.info.run_id})")
+    print(f"best: {sweep.metric.name} = {best.data.metrics[sweep.metric.name]:.4f} (trial {best.data.tags['trial_id']}, run {best.info.run_id})")
     print(f"run it: {run_command(parent.data.tags['config_name'], config)}")
     if finish:
         finished = run(config, tracking_uri)

@@ -1,15 +1,17 @@
 """What the cluster tests share: a short sinusoid training loop driven straight through the Driver, and the same
 training in one process, which every aggregation path must reproduce."""
 
+import functools
+
 import numpy as np
 import torch
 
 from cluster.driver import Driver
-from meta_core.flat import flatten, layout_of
 from meta_core.step import share_gradient, vectorized
-from pipelines.build import build_learner, outer_loop, prepared, task_source, worker_setup
+from pipelines.build import build_learner, prepared, task_source
 from pipelines.config import Config, load
 from pipelines.pipeline import load_splits
+from pipelines.session import Session
 
 STEPS = 4
 
@@ -21,31 +23,30 @@ def config(*overrides: str, name: str = "sinusoid") -> Config:
     return load(name, [*base, *overrides])
 
 
-def start(config: Config):
-    """The learner, its parameters' layout, the flat parameters and their outer optimizer, as training starts."""
-    algo = build_learner(config)
-    params = algo.initial_params(config.seed)
-    flat = flatten(params).clone()
-    return algo, layout_of(params), flat, outer_loop(config).make_optimizer(flat)
-
-
 def splits(config: Config) -> dict:
     """What the workers draw tasks from: the prepared data set's splits, or none for tasks drawn from a formula."""
     return load_splits({"dataset": None if config.dataset.generated else str(prepared(config))})
 
 
+def session(config: Config, worker_cls=None, driver_cls=Driver) -> Session:
+    """The training session the pipeline would start, its driver ``driver_cls`` with workers of ``worker_cls``."""
+    return Session.from_config(config, splits(config), driver=functools.partial(driver_cls, worker_cls=worker_cls))
+
+
+def start(config: Config):
+    """The learner, its parameters' layout, the flat parameters and their outer optimizer, as training starts."""
+    s = Session.from_config(config, splits={})  # its workers never start
+    return s.learner, s.layout, s.flat, s.optimizer
+
+
 def train(config: Config, worker_cls=None, between_steps=lambda step, driver: None, driver_cls=Driver) -> np.ndarray:
     """The outer loop of ``pipelines.stages.train`` without MLflow; returns the final flat parameters."""
-    _, layout, flat, optimizer = start(config)
-    driver = driver_cls(worker_setup(config), config.cluster, splits(config), layout, worker_cls)
     per_call, steps = config.cluster.steps_per_call, config.train.steps
-    try:
+    with session(config, worker_cls, driver_cls) as trained:
         for first in range(0, steps, per_call):
-            between_steps(first, driver)
-            driver.steps(flat, optimizer, first, min(per_call, steps - first))
-    finally:
-        driver.shutdown()
-    return flat.detach().numpy().copy()
+            between_steps(first, trained.driver)
+            trained.steps(first, min(per_call, steps - first))
+    return trained.flat.detach().numpy().copy()
 
 
 def summed_gradient(config: Config, flat: torch.Tensor, layout, step: int, indices) -> torch.Tensor:

@@ -52,7 +52,7 @@ def test_published_figures_show_beside_ours_and_editing_them_reruns_nothing_whil
     assert [m.step for m in MlflowClient().get_metric_history(train_run.info.run_id, "val_post_adapt_loss")] == [1, 2, 3]
     state = torch.load(tmp_path / "checkpoints" / f"{train_run.info.run_id}.pt", weights_only=True)
     logged = flatten(trained_params(first))
-    torch.testing.assert_close(logged, state["best"]["flat"], rtol=0, atol=0)
+    torch.testing.assert_close(logged, state["selection"]["flat"], rtol=0, atol=0)
     assert not torch.equal(logged, state["flat"])  # the last step's parameters were not the best
     for logged_in in (stages["evaluate"], mlflow.get_run(first)):
         assert {"published_acc": 0.9, "published_acc_ci95": 0.02}.items() <= logged_in.data.metrics.items()

@@ -4,6 +4,7 @@ import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipelines.cli import main
 from pipelines.config import load
 from pipelines.pipeline import STAGES, run, stage_key
 
@@ -51,3 +52,15 @@ def test_no_stage_reads_the_published_figure_and_only_training_that_selects_on_v
     assert keys("eval.val_tasks=7") == last
     changed = keys("train.select_on=val", "eval.val_tasks=7")
     assert {name for name in last if changed[name] != selecting[name]} == {"train"}
+
+
+def test_a_diverged_run_stops_with_one_line_naming_the_step_fails_its_runs_and_registers_nothing(ray_local, tracking, capsys):
+    args = ["run", "sinusoid", "--tracking-uri", tracking, "--set", "algorithm.inner_lr=.inf", "--set", "train.steps=2", "--set", "eval.tasks=4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: train: meta_loss is nan at step 0") and "outer_lr" in line and "inner_lr" in line and "Traceback" not in err
+    [parent] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pipeline'", output_format="list")
+    assert parent.info.status == "FAILED"
+    assert {(r.data.tags["stage"], r.info.status) for r in child_runs(parent.info.run_id)} == {("prepare", "FINISHED"), ("train", "FAILED")}
+    assert MlflowClient().search_registered_models() == []

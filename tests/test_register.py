@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from meta_core.models import forward
 from meta_core.tasks import SinusoidTasks
-from pipelines.artifacts import load_trained
+from pipelines.artifacts import Trained, load_trained
 from pipelines.config import Config, ConfigError, load
 from pipelines.pipeline import run
 from pipelines.serving import request
@@ -22,7 +22,7 @@ FAST = ["train.steps=20", "train.meta_batch=5", "eval.tasks=10", "algorithm.inne
 
 @pytest.fixture(scope="module")
 def trained(ray_session, tmp_path_factory):
-    """One short sinusoid pipeline run: its config, train run id and evaluation metrics, in a module-wide store."""
+    """One short sinusoid pipeline run: its config, what it trained and its evaluation metrics, in a module-wide store."""
     start_local_ray(ray_session)  # as ray_local does, for a module-wide fixture
     folder = tmp_path_factory.mktemp("register")
     with pytest.MonkeyPatch.context() as patch:
@@ -30,15 +30,15 @@ def trained(ray_session, tmp_path_factory):
         config = load("sinusoid", FAST)
         parent = mlflow.get_run(run(config, f"sqlite:///{folder / 'mlflow.db'}"))
         metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("eval_")}
-        yield config, parent.data.tags["train_run_id"], metrics
+        yield config, Trained.download(parent.data.tags["train_run_id"]), metrics
 
 
-def register(config: Config, train_run_id: str, metrics: dict, model_name: str, **overrides) -> dict:
+def register(config: Config, trained: Trained, metrics: dict, model_name: str, **overrides) -> dict:
     """register_stage inside its own run, as the pipeline calls it, under ``model_name`` (``overrides`` unchecked:
     a sinusoid config may stand in for a classifier's)."""
     config = dataclasses.replace(config, register=dataclasses.replace(config.register, model_name=model_name, **overrides))
     with mlflow.start_run(run_name="register"):
-        return register_stage(config, train_run_id, metrics)
+        return register_stage(config, trained, metrics)
 
 
 def sinusoid_request(seed: int):
@@ -47,12 +47,12 @@ def sinusoid_request(seed: int):
 
 
 def test_champion_loads_from_the_registry_and_adapts_like_the_learner(trained):
-    config, train_run_id, metrics = trained
-    out = register(config, train_run_id, metrics, "sine-champion")
+    config, learned, metrics = trained
+    out = register(config, learned, metrics, "sine-champion")
     assert out.items() >= {"model_name": "sine-champion", "version": 1, "alias": "champion", "champion_version": 1}.items()
     model = mlflow.pyfunc.load_model("models:/sine-champion@champion")
     assert model.metadata.signature.params.to_dict()[0]["default"] == 2  # the trained inner steps
-    _, algo, params = load_trained(train_run_id)
+    _, algo, params = load_trained(learned.run_id)
     task, frame = sinusoid_request(seed=7)
     predictions = {}
     for steps in (0, 2, 5):
@@ -64,11 +64,11 @@ def test_champion_loads_from_the_registry_and_adapts_like_the_learner(trained):
 
 
 def test_alias_moves_only_to_a_version_that_beats_the_champion(trained):
-    config, train_run_id, metrics = trained
+    config, learned, metrics = trained
     client = MlflowClient()
     verdicts = []
     for loss in (1.0, 2.0, 1.0, 0.5):
-        out = register(config, train_run_id, {**metrics, "eval_post_adapt_loss": loss}, "sine-race")
+        out = register(config, learned, {**metrics, "eval_post_adapt_loss": loss}, "sine-race")
         verdicts.append((out["version"], out["champion_version"]))
     assert verdicts == [(1, 1), (2, 1), (3, 1), (4, 4)]
     assert client.get_model_version_by_alias("sine-race", "champion").version == 4
@@ -76,15 +76,23 @@ def test_alias_moves_only_to_a_version_that_beats_the_champion(trained):
 
     accuracy = {**metrics, "eval_steps5_acc": 0.6}  # an accuracy: higher is better
     verdicts = [
-        register(config, train_run_id, {**accuracy, "eval_steps5_acc": acc}, "acc-race", metric="eval_steps5_acc")["champion_version"]
+        register(config, learned, {**accuracy, "eval_steps5_acc": acc}, "acc-race", metric="eval_steps5_acc")["champion_version"]
         for acc in (0.6, 0.5, 0.7)
     ]
     assert verdicts == [1, 1, 3]
 
 
+def test_a_nan_figure_is_never_crowned_and_a_nan_champion_is_beaten_by_any_finite_one(trained):
+    config, learned, metrics = trained
+    verdicts = [register(config, learned, {**metrics, "eval_post_adapt_loss": loss}, "sine-nan") for loss in (np.nan, 2.0, np.nan)]
+    assert [(out["version"], out["champion_version"]) for out in verdicts] == [(1, None), (2, 2), (3, 2)]
+    MlflowClient().set_model_version_tag("sine-nan", "2", "eval_post_adapt_loss", "nan")  # a champion crowned before NaN was refused
+    assert register(config, learned, {**metrics, "eval_post_adapt_loss": 5.0}, "sine-nan")["champion_version"] == 4
+
+
 def test_bad_requests_are_refused_with_the_field_named(trained):
-    config, train_run_id, metrics = trained
-    register(config, train_run_id, metrics, "sine-strict")
+    config, learned, metrics = trained
+    register(config, learned, metrics, "sine-strict")
     model = mlflow.pyfunc.load_model("models:/sine-strict@champion")
     _, frame = sinusoid_request(seed=1)
     wide = frame.assign(x=[[0.0, 1.0]] * len(frame))
@@ -104,7 +112,7 @@ def test_register_settings_are_checked_before_anything_runs(trained):
         load("sinusoid", ["register.metric=eval_post_adapt_acc"])
     with pytest.raises(ConfigError, match="register.alias"):
         load("sinusoid", ["register.alias=latest"])
-    config, train_run_id, metrics = trained
+    config, learned, metrics = trained
     with pytest.raises(ValueError, match="register.metric: eval_steps7_loss"):
-        register(config, train_run_id, metrics, "sine-unscored", metric="eval_steps7_loss")
+        register(config, learned, metrics, "sine-unscored", metric="eval_steps7_loss")
     assert not MlflowClient().search_registered_models("name = 'sine-unscored'")

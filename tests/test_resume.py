@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -12,12 +13,11 @@ import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from cluster.allreduce import make_driver
-from cluster.driver import Driver
-from meta_core.flat import flatten, layout_of
-from pipelines.build import build_learner, worker_setup
+from pipelines.checkpoint import Checkpoint
+from pipelines.cli import main
 from pipelines.config import load
-from pipelines.pipeline import run
+from pipelines.pipeline import resume, run
+from pipelines.session import Session
 from pipelines.stages.train import train
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs, trained_params
@@ -116,22 +116,16 @@ def test_ctrl_c_checkpoints_marks_runs_killed_and_exits_nonzero(tmp_path):
     assert step >= 30 and sorted(logged) == list(range(step))  # the checkpoint and the metrics end together
 
 
-def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tracking):
+def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tracking, tmp_path):
     """A kill between writing a batch of metrics and writing the checkpoint: the resumed run skips those steps' logging."""
     config = load("sinusoid", ["train.steps=10", "train.meta_batch=4", "train.checkpoint_every=10", "train.compile=false"])
-    algo = build_learner(config)
-    params = algo.initial_params(0)
-    driver = Driver(worker_setup(config), config.cluster, {"train": None, "test": None}, layout_of(params))
-    try:
-        with mlflow.start_run() as active:
-            run_id = active.info.run_id
-            train(config, driver, flatten(params).clone(), run_id, key="k")  # checkpoint and metrics at step 10
-            MlflowClient().log_batch(run_id, metrics=[Metric("meta_loss", 1.0, 0, step) for step in range(10, 14)])
-            train(
-                config.with_values({"train.steps": 20}), driver, flatten(params).clone(), run_id, key="k"
-            )  # resumes at 10, steps 10-13 already logged
-    finally:
-        driver.shutdown()
+    with Session.from_config(config, {"train": None, "test": None}) as first, mlflow.start_run() as active:
+        run_id = active.info.run_id
+        at = Checkpoint(tmp_path / "k.pt", "k")
+        train(first, run_id, at)  # checkpoint and metrics at step 10
+        MlflowClient().log_batch(run_id, metrics=[Metric("meta_loss", 1.0, 0, step) for step in range(10, 14)])
+        longer = Session.from_config(config.with_values({"train.steps": 20}), {}, driver=lambda *args, **kwargs: first.driver)
+        train(longer, run_id, at)  # resumes at 10, steps 10-13 already logged
     steps = sorted(m.step for m in MlflowClient().get_metric_history(run_id, "meta_loss"))
     assert steps == list(range(20))
 
@@ -139,24 +133,71 @@ def test_steps_logged_ahead_of_the_checkpoint_are_not_logged_again(ray_local, tr
 def test_many_steps_a_call_end_at_checkpoints_log_every_step_once_and_restart_the_group_from_new_parameters(ray_local, tracking, tmp_path):
     per_call = ["cluster.aggregation=allreduce", "cluster.steps_per_call=3", f"train.checkpoint_dir={tmp_path}"]
     config = load("sinusoid", ["train.steps=6", "train.meta_batch=4", "train.checkpoint_every=4", "train.compile=false", *per_call])
-    algo = build_learner(config)
-    params = algo.initial_params(0)
-    driver = make_driver(worker_setup(config), config.cluster, {"train": None, "test": None}, layout_of(params))
-    calls, steps = [], driver.steps
-    driver.steps = lambda flat, optimizer, first, count: calls.append((first, count)) or steps(flat, optimizer, first, count)
-    trained = []
-    try:
+    with Session.from_config(config, {"train": None, "test": None}) as first:
+        driver = first.driver
+        calls, steps = [], driver.steps
+        driver.steps = lambda flat, optimizer, first, count: calls.append((first, count)) or steps(flat, optimizer, first, count)
+        trained = []
         for _ in range(2):  # the second run starts from the initial parameters, which the group no longer holds
+            session = Session.from_config(config, {}, driver=lambda *args, **kwargs: driver)
             with mlflow.start_run() as active:
-                flat = flatten(params).clone()
-                train(config, driver, flat, active.info.run_id, key="k")
-            trained.append(flat)
+                train(session, active.info.run_id, Checkpoint(tmp_path / f"{active.info.run_id}.pt", "k"))
+            trained.append(session.flat)
             logged = [m.step for m in MlflowClient().get_metric_history(active.info.run_id, "meta_loss")]
             assert sorted(logged) == list(range(6))
             assert checkpoint_step(tmp_path) == 6
             (tmp_path / f"{active.info.run_id}.pt").unlink()
-    finally:
-        driver.shutdown()
     assert calls == [(0, 3), (3, 1), (4, 2)] * 2  # no call runs past a checkpoint
-    assert not torch.equal(trained[0], flatten(params))
+    assert not torch.equal(trained[0], Session.from_config(config, {}).flat)
     torch.testing.assert_close(trained[1], trained[0], rtol=0, atol=0)
+
+
+SESSION_STEPS = Session.steps  # as no test has patched it
+
+
+def interrupt_at(monkeypatch, step: int) -> list[tuple[int, int]]:
+    """Session steps recorded, and a Ctrl-C when training reaches ``step``."""
+    calls, steps = [], SESSION_STEPS
+
+    def recorded(self, first: int, count: int):
+        if first >= step:
+            raise KeyboardInterrupt
+        calls.append((first, count))
+        return steps(self, first, count)
+
+    monkeypatch.setattr(Session, "steps", recorded)
+    return calls
+
+
+SHORT = ["train.steps=6", "train.checkpoint_every=2", "train.meta_batch=4", "eval.tasks=4", "train.compile=false"]
+
+
+def test_a_resume_from_elsewhere_continues_from_the_recorded_checkpoint_and_one_whose_checkpoint_is_gone_stops_unless_restarted(
+    ray_local, tracking, tmp_path, monkeypatch, capsys
+):
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(load("sinusoid", SHORT), tracking)  # checkpoints under ./checkpoints, relative to tmp_path
+    [parent] = pipeline_runs()
+    [train_run] = [r for r in child_runs(parent.info.run_id) if r.data.tags["stage"] == "train"]
+    recorded = train_run.data.tags["checkpoint"]
+    assert recorded == str(tmp_path / "checkpoints" / f"{train_run.info.run_id}.pt")
+
+    monkeypatch.chdir((tmp_path / "elsewhere").mkdir() or tmp_path / "elsewhere")
+    calls = interrupt_at(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        resume(parent.info.run_id, tracking)
+    assert calls == [(2, 1), (3, 1)]  # from the checkpoint, not from step 0
+
+    Path(recorded).unlink()  # as on another machine
+    capsys.readouterr()
+    calls = interrupt_at(monkeypatch, 6)
+    assert main(["resume", parent.info.run_id, "--tracking-uri", tracking]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]  # after MLflow's own log lines
+    assert line.startswith("error: train run") and recorded in line and "--restart" in line and "Traceback" not in err
+    assert calls == []  # nothing trained
+
+    assert main(["resume", parent.info.run_id, "--restart", "--tracking-uri", tracking]) == 0
+    assert calls[0] == (0, 1) and mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert sorted(m.step for m in MlflowClient().get_metric_history(train_run.info.run_id, "meta_loss")) == list(range(6))

@@ -16,6 +16,7 @@ import pytest
 
 import data
 from meta_core.tasks import ClassificationTasks
+from pipelines.artifacts import Trained
 from pipelines.build import prepared
 from pipelines.config import load
 from pipelines.pipeline import run
@@ -50,7 +51,7 @@ def champion(ray_session, tmp_path_factory, omniglot):
         config = load("omniglot", [*omniglot.overrides(), *TRAIN, f"data.cache_dir={folder / 'cache'}", f"register.model_name={NAME}"])
         parent = mlflow.get_run(run(config, uri))
         with mlflow.start_run(run_id=parent.info.run_id), mlflow.start_run(run_name="register", nested=True):
-            register_stage(config, parent.data.tags["train_run_id"], parent.data.metrics)
+            register_stage(config, Trained.download(parent.data.tags["train_run_id"]), parent.data.metrics)
         held_out = ClassificationTasks(data.load_splits(prepared(config))["test"], ways=5, shots=1, queries=5)
         tasks = [held_out.sample(np.random.default_rng(seed)) for seed in range(20)]
         yield uri, folder, tasks

@@ -1,5 +1,6 @@
 """Sweeps: search spaces checked before any trial, ASHA over tracked trials, the best chosen on validation, resumed after a kill."""
 
+import functools
 import json
 import os
 import shlex
@@ -16,13 +17,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.driver import Driver
 from cluster.worker import MetaWorker
-from meta_core.flat import layout_of
 from pipelines import sweep
-from pipelines.build import worker_setup
 from pipelines.cli import main
 from pipelines.compare import compare
 from pipelines.config import ConfigError, load
-from pipelines.pipeline import fresh_params
+from pipelines.session import Session
 from pipelines.space import read_space, sweep_config
 from pipelines.submit import entrypoint
 from pipelines.tracking import load_yaml_artifact
@@ -104,13 +103,11 @@ def test_a_trial_places_its_workers_in_its_placement_group(ray_local):
     cfg = config("cluster.workers=2")
     group = placement_group([{"CPU": 1}, {"CPU": 1}])
     ray.get(group.ready())
-    driver = Driver(
-        worker_setup(cfg), cfg.cluster, {"train": None}, layout_of(fresh_params(cfg)), PlacedWorker, PlacementGroupSchedulingStrategy(group)
-    )
+    placed = functools.partial(Driver, worker_cls=PlacedWorker)
     try:
-        assert ray.get([w.placement_group.remote() for w in driver.workers]) == [group.id.hex()] * 2
+        with Session.from_config(cfg, {"train": None}, PlacementGroupSchedulingStrategy(group), driver=placed) as session:
+            assert ray.get([w.placement_group.remote() for w in session.driver.workers]) == [group.id.hex()] * 2
     finally:
-        driver.shutdown()
         remove_placement_group(group)
 
 

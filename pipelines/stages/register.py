@@ -12,9 +12,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from pipelines import serving, tracking
-from pipelines.artifacts import read_trained
+from pipelines.artifacts import Trained
 from pipelines.config import Config
-from pipelines.stages.evaluate import higher_is_better
+from pipelines.selection import Metric
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the served model imports (the specs, and the config that names them); packed with it so `mlflow models serve`
@@ -46,15 +46,14 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> ModelVersion | 
     return client.get_model_version(name, aliases[alias]) if alias in aliases else None
 
 
-def beats(value: float, holder: ModelVersion | None, metric: str, higher_is_better: bool) -> bool:
-    """True when there is no holder, the holder was never scored on ``metric``, or ``value`` is strictly better."""
-    if holder is None or metric not in holder.tags:
-        return True
-    best = float(holder.tags[metric])
-    return value > best if higher_is_better else value < best
+def beats(value: float, holder: ModelVersion | None, metric: Metric) -> bool:
+    """Whether ``value`` improves on the holder's figure (none when there is no holder, or it was never scored on
+    ``metric``): a NaN champion is beaten by any finite figure, and a NaN figure is never crowned."""
+    best = float(holder.tags[metric.name]) if holder is not None and metric.name in holder.tags else None
+    return metric.improves(value, best)
 
 
-def register_stage(config: Config, train_run_id: str, eval_metrics: dict[str, float]) -> dict:
+def register_stage(config: Config, trained: Trained, eval_metrics: dict[str, float]) -> dict:
     """Log the model in the active run, register a new version, and move the alias if it is the best so far."""
     if config.dataset.kind == "rl":
         print("register: skipped, a policy answers an environment, not a request")
@@ -64,18 +63,19 @@ def register_stage(config: Config, train_run_id: str, eval_metrics: dict[str, fl
     if metric not in eval_metrics:
         raise ValueError(f"register.metric: {metric} is not among the evaluation metrics ({', '.join(sorted(eval_metrics))})")
     value = float(eval_metrics[metric])
+    trained_config = trained.config
+    kind, inner_steps = trained_config.dataset.kind, trained_config.algorithm.inner_steps
     with tempfile.TemporaryDirectory() as tmp:
-        trained = Path(tmp) / serving.TRAINED
-        for file in ("params.pt", "config.yaml"):
-            mlflow.artifacts.download_artifacts(run_id=train_run_id, artifact_path=file, dst_path=str(trained))
-        trained_config, algo, _ = read_trained(trained)
+        folder = Path(tmp) / serving.TRAINED
+        folder.mkdir()
+        trained.write(folder)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=serving.__file__,
-            artifacts={serving.TRAINED: str(trained)},
+            artifacts={serving.TRAINED: str(folder)},
             code_paths=code_paths(Path(tmp) / "code"),
-            signature=serving.signature(trained_config, algo.kind),
-            input_example=(input_example(trained_config, algo.kind), {"adapt_steps": algo.inner_steps}),
+            signature=serving.signature(trained_config, kind),
+            input_example=(input_example(trained_config, kind), {"adapt_steps": inner_steps}),
             pip_requirements=REQUIREMENTS,
             registered_model_name=name,
         )
@@ -83,12 +83,12 @@ def register_stage(config: Config, train_run_id: str, eval_metrics: dict[str, fl
     client = MlflowClient()
     holder = alias_holder(client, name, alias)
     client.set_model_version_tag(name, number, metric, str(value))
-    client.set_model_version_tag(name, number, "train_run_id", train_run_id)
-    crowned = beats(value, holder, metric, higher_is_better(config, metric))
+    client.set_model_version_tag(name, number, "train_run_id", trained.run_id)
+    crowned = beats(value, holder, Metric.of(config, metric))
     if crowned:
         client.set_registered_model_alias(name, alias, number)
-    champion_version = int(number if crowned else holder.version)
-    mlflow.set_tags({"registered_model": name, "model_version": str(number), f"{alias}_version": str(champion_version)})
-    print(f"registered {name} version {number} ({metric}={value:.4f}); {alias}: version {champion_version}")
+    champion_version = int(number) if crowned else int(holder.version) if holder is not None else None  # None: a NaN first version
+    mlflow.set_tags({"registered_model": name, "model_version": str(number), f"{alias}_version": str(champion_version or "")})
+    print(f"registered {name} version {number} ({metric}={value:.4f}); {alias}: " + (f"version {champion_version}" if champion_version else "none"))
     outputs = {"model_name": name, "version": int(number), "alias": alias, "champion_version": champion_version}
     return {"run_id": mlflow.active_run().info.run_id, **outputs}

@@ -1,107 +1,175 @@
 """Distributed meta-training: the outer loop, checkpointed so a killed run resumes exactly, and validated at each
 checkpoint where the best validated parameters are the trained model (``train.select_on: val``) or a sweep ranks trials."""
 
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from cluster.driver import Driver
-from pipelines import checkpoint
-from pipelines.build import outer_loop
-from pipelines.config import Config
-from pipelines.stages.evaluate import evaluate, improves, val_metric
+from pipelines.checkpoint import Checkpoint, State
+from pipelines.config import ConfigError
+from pipelines.selection import Metric
+from pipelines.session import Session
+from pipelines.stages.evaluate import evaluate
 from pipelines.tracking import MetricBuffer
 
 
-def train(
-    config: Config, driver: Driver, flat: torch.Tensor, run_id: str, key: str, at_validation: Callable[[int, dict[str, float]], None] | None = None
-) -> dict[str, float]:
-    """Meta-train ``flat`` in place up to ``train.steps``, from the run's last checkpoint if there is one.
+class Diverged(ConfigError):
+    """The training loss is not finite: rates too large for the model (or data with non-finite values)."""
 
-    Per-step metrics are written to MLflow just before each checkpoint. A crash
-    between the two leaves metrics ahead of the checkpoint (or of no checkpoint
-    at all); the resumed run recomputes those steps (identically) without
-    logging them again, so every step is logged exactly once.
 
-    With ``train.select_on: val``, or an ``at_validation``, each checkpoint and
-    the last step first validate on the ``eval.val_tasks`` fixed validation
-    tasks and log their ``val_*`` metrics at that step; ``at_validation(steps
-    done, metrics)`` runs after the checkpoint (a sweep's trial reports there).
-    Selecting on validation, ``flat`` ends as the best validated parameters, and
-    ``train.patience`` validations in a row without improvement stop training.
-    The checkpoint keeps the best so far, so a resumed run selects as an
-    unkilled one. Returns summary metrics.
-    """
-    cfg = config.train
-    selects = cfg.select_on == "val"
-    validates = selects or at_validation is not None
-    metric = val_metric(config)
-    optimizer = outer_loop(config).make_optimizer(flat)
-    path = checkpoint.path_for(cfg.checkpoint_dir, run_id)
-    state = checkpoint.load(path, key)
-    done, best = 0, None  # best: the best validated parameters, their step and figure, and validations since ("stale")
-    if state is not None:
-        with torch.no_grad():
-            flat.copy_(state["flat"])
-        optimizer.load_state_dict(state["optimizer"])
-        done, best = state["step"], state["best"]
-    buffer = MetricBuffer(run_id, logged_until=MetricBuffer.last_step(run_id, "meta_loss"))
-    validated = MetricBuffer(run_id, logged_until=MetricBuffer.last_step(run_id, metric))
-    rates = []
-    validating = False  # stopped mid-validation: the last checkpoint stands, and the resumed run validates this step again
+@dataclass(frozen=True)
+class Best:
+    flat: torch.Tensor
+    step: int
+    value: float
 
-    def save() -> None:
-        buffer.flush()
-        validated.flush()
-        checkpoint.save(path, flat, optimizer, done, key, best)
 
-    def validate() -> dict[str, float]:
-        nonlocal best, validating
-        validating = True
-        metrics, _ = evaluate(config, driver, flat, "val")
-        validated.add(metrics, done)
-        if selects and (best is None or improves(config, metrics[metric], best["value"])):
-            best = {"flat": flat.detach().clone(), "step": done, "value": metrics[metric], "stale": 0}
-        elif selects:
-            best["stale"] += 1
-        validating = False
+class Selection:
+    """Selecting on validation: the best validated parameters so far, and how many validations since did not improve
+    on them (``patience`` of them in a row stop training)."""
+
+    def __init__(self, metric: Metric, patience: int | None, best: Best | None = None, stale: int = 0):
+        self.metric, self.patience, self.best, self.stale = metric, patience, best, stale
+
+    def observe(self, value: float, flat: torch.Tensor, step: int) -> None:
+        """The first validation is the best so far whatever its figure; a later one replaces it if it improves on it."""
+        if self.best is None or self.metric.improves(value, self.best.value):
+            self.best, self.stale = Best(flat.detach().clone(), step, value), 0
+        else:
+            self.stale += 1
+
+    @property
+    def out_of_patience(self) -> bool:
+        return self.patience is not None and self.best is not None and self.stale >= self.patience
+
+    def state(self) -> dict | None:
+        """For the checkpoint: tensors and numbers only."""
+        return None if self.best is None else {**vars(self.best), "stale": self.stale}
+
+    def restore(self, state: dict | None) -> None:
+        if state is not None:
+            self.best, self.stale = Best(state["flat"], state["step"], state["value"]), state["stale"]
+
+
+class Training:
+    """One train run's outer loop on a session: calls of ``cluster.steps_per_call`` steps, each ending by the next
+    checkpoint; at each checkpoint (and the last step) a validation where one is wanted, the metrics, the checkpoint."""
+
+    def __init__(self, session: Session, run_id: str, checkpoint: Checkpoint, at_validation: Callable[[int, dict[str, float]], None] | None):
+        config = session.config
+        self.session, self.checkpoint, self.at_validation, self.train = session, checkpoint, at_validation, config.train
+        self.metric = Metric.validation(config)
+        self.selection = Selection(self.metric, self.train.patience) if self.train.select_on == "val" else None
+        self.validates = self.selection is not None or at_validation is not None
+        self.done, self.rates, self.validating = 0, [], False
+        self.losses = MetricBuffer(run_id, logged_until=MetricBuffer.last_step(run_id, "meta_loss"))
+        self.validations = MetricBuffer(run_id, logged_until=MetricBuffer.last_step(run_id, self.metric.name))
+
+    def resume(self) -> None:
+        """Continue from the checkpoint, where there is one: parameters, optimizer and selection as they were."""
+        state = self.checkpoint.load()
+        if state is None:
+            return
+        self.session.load(state.flat)
+        self.session.optimizer.load_state_dict(state.optimizer)
+        self.done = state.step
+        if self.selection is not None:
+            self.selection.restore(state.selection)
+
+    def call(self, count: int) -> dict[str, float]:
+        """``count`` steps, logged; the last one's metrics. A non-finite loss stops training (its steps logged)."""
+        started = time.perf_counter()
+        per_step = self.session.steps(self.done, count)
+        step_s = (time.perf_counter() - started) / count
+        for step, metrics in enumerate(per_step, start=self.done):
+            metrics.update(step_s=step_s, tasks_per_s=self.train.meta_batch / step_s)
+            self.rates.append(metrics["tasks_per_s"])
+            self.losses.add(metrics, step)
+            if not math.isfinite(metrics["meta_loss"]):
+                self.losses.flush()
+                raise Diverged(
+                    f"train: meta_loss is {metrics['meta_loss']} at step {step}: training diverged; "
+                    f"try a lower train.outer_lr or algorithm.inner_lr (or check the data for non-finite values)"
+                )
+        self.done += count
         return metrics
 
-    def out_of_patience() -> bool:
-        return cfg.patience is not None and best is not None and best["stale"] >= cfg.patience
+    def validate(self) -> dict[str, float]:
+        """The validation figures at this step, logged there; the selection sees them."""
+        self.validating = True
+        metrics, _ = evaluate(self.session, "val")
+        self.validating = False
+        self.validations.add(metrics, self.done)
+        if self.selection is not None:
+            self.selection.observe(metrics[self.metric.name], self.session.flat, self.done)
+        return metrics
 
-    bar = tqdm(total=cfg.steps, initial=done, desc="train", unit="step", mininterval=1.0)
-    try:
-        while done < cfg.steps and not out_of_patience():  # in calls of cluster.steps_per_call steps, each ending by the next checkpoint
-            count = min(config.cluster.steps_per_call, cfg.steps - done, cfg.checkpoint_every - done % cfg.checkpoint_every)
-            started = time.perf_counter()
-            per_step = driver.steps(flat, optimizer, done, count)
-            step_s = (time.perf_counter() - started) / count
-            for step, metrics in enumerate(per_step, start=done):
-                metrics.update(step_s=step_s, tasks_per_s=cfg.meta_batch / step_s)
-                rates.append(metrics["tasks_per_s"])
-                buffer.add(metrics, step)
-            done += count
-            bar.update(count)
-            bar.set_postfix(loss=f"{metrics['meta_loss']:.4f}", tasks_per_s=f"{metrics['tasks_per_s']:.0f}", refresh=False)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                val_metrics = validate() if validates else {}
-                save()
-                if at_validation is not None:
-                    at_validation(done, val_metrics)
-    finally:  # also on Ctrl-C: keep what was done
-        if not validating:
-            save()
-        bar.close()
-    summary = {"train_tasks_per_s": float(np.median(rates))} if rates else {}
-    if selects:
-        with torch.no_grad():
-            flat.copy_(best["flat"])
-        summary.update({"best_step": best["step"], f"best_{metric}": best["value"]})
-        if done < cfg.steps:
-            summary["stopped_at"] = done
-            print(f"train: stopped at step {done}, {cfg.patience} validations without improvement; the best was at step {best['step']}")
-    return summary
+    def save(self) -> None:
+        """Metrics first, then the checkpoint: a crash between the two leaves metrics ahead, which a resumed run does
+        not log again."""
+        self.losses.flush()
+        self.validations.flush()
+        selection = self.selection.state() if self.selection is not None else None
+        self.checkpoint.save(State(self.session.flat, self.session.optimizer.state_dict(), self.done, selection))
+
+    def run(self) -> dict[str, float]:
+        cfg = self.train
+        bar = tqdm(total=cfg.steps, initial=self.done, desc="train", unit="step", mininterval=1.0)
+        try:
+            while self.done < cfg.steps and not (self.selection is not None and self.selection.out_of_patience):
+                count = min(
+                    self.session.config.cluster.steps_per_call, cfg.steps - self.done, cfg.checkpoint_every - self.done % cfg.checkpoint_every
+                )
+                metrics = self.call(count)
+                bar.update(count)
+                bar.set_postfix(loss=f"{metrics['meta_loss']:.4f}", tasks_per_s=f"{metrics['tasks_per_s']:.0f}", refresh=False)
+                if self.done % cfg.checkpoint_every == 0 or self.done == cfg.steps:
+                    validated = self.validate() if self.validates else {}
+                    self.save()
+                    if self.at_validation is not None:
+                        self.at_validation(self.done, validated)
+        except Diverged:
+            raise  # the last checkpoint stands: these parameters are not finite
+        except BaseException:  # also Ctrl-C: keep what was done, unless stopped mid-validation (resumed, it validates again)
+            if not self.validating:
+                self.save()
+            raise
+        finally:
+            bar.close()
+        return self.summary()
+
+    def summary(self) -> dict[str, float]:
+        """The median speed; selecting on validation, ``flat`` set to the best validated parameters, and where they were."""
+        summary = {"train_tasks_per_s": float(np.median(self.rates))} if self.rates else {}
+        if self.selection is not None:
+            best = self.selection.best
+            self.session.load(best.flat)
+            summary.update({"best_step": best.step, f"best_{self.metric.name}": best.value})
+            if self.done < self.train.steps:
+                summary["stopped_at"] = self.done
+                print(f"train: stopped at step {self.done}, {self.train.patience} validations without improvement; the best was at step {best.step}")
+        return summary
+
+
+def train(
+    session: Session, run_id: str, checkpoint: Checkpoint, at_validation: Callable[[int, dict[str, float]], None] | None = None
+) -> dict[str, float]:
+    """Meta-train ``session.flat`` in place up to ``train.steps``, from ``checkpoint`` if there is one; summary metrics.
+
+    Per-step metrics are written to MLflow just before each checkpoint; the resumed run recomputes steps logged ahead
+    of its checkpoint (identically) without logging them again, so every step is logged exactly once.
+
+    With ``train.select_on: val``, or an ``at_validation``, each checkpoint and the last step first validate on the
+    ``eval.val_tasks`` fixed validation tasks and log their ``val_*`` metrics at that step; ``at_validation(steps done,
+    metrics)`` runs after the checkpoint (a sweep's trial reports there). Selecting on validation, ``flat`` ends as the
+    best validated parameters, and ``train.patience`` validations in a row without improvement stop training. The
+    checkpoint keeps the selection so far, so a resumed run selects as an uninterrupted one.
+    """
+    training = Training(session, run_id, checkpoint, at_validation)
+    training.resume()
+    return training.run()
