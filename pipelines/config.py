@@ -70,6 +70,7 @@ class RegisterConfig:
     model_name: str | None
     alias: str
     metric: str
+    max_adapt_steps: int | None = None  # the most adaptation steps a served request may ask for (None: a multiple of the trained ones)
 
 
 @dataclass(frozen=True)
@@ -241,13 +242,15 @@ NON_NEGATIVE_NUMBER: Rule = ("a non-negative number", lambda v: is_number(v) and
 BOOLEAN: Rule = one_of(True, False)
 NAME: Rule = ("a non-empty string", lambda v: isinstance(v, str) and bool(v))
 OPTIONAL_NAME: Rule = ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and bool(v)))
+FOLDER: Rule = ("a folder path, not under a file", lambda v: isinstance(v, str) and bool(v) and not under_a_file(Path(v)))
+OPTIONAL_FOLDER: Rule = ("a folder path, not under a file, or null", lambda v: v is None or FOLDER[1](v))
 HELD_OUT: Rule = (
     "a fraction between 0 and 1 or a whole number of groups (or classes)",
     lambda v: (is_number(v) and 0 < v < 1) or (is_int(v) and v >= 1),
 )
 
 RULES: dict[str, Rule] = {
-    "seed": NON_NEGATIVE_INT,
+    "seed": ("an integer from 0 to 2**32 - 1", lambda v: is_int(v) and 0 <= v < 2**32),  # numpy's RandomState (Tune's sampler) takes no more
     "experiment": NAME,
     "run_name": OPTIONAL_NAME,
     "data.source": (
@@ -267,7 +270,7 @@ RULES: dict[str, Rule] = {
         "a non-empty list of column names or null",
         lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v)),
     ),
-    "data.cache_dir": OPTIONAL_NAME,
+    "data.cache_dir": OPTIONAL_FOLDER,
     "task.ways": POSITIVE_INT,
     "task.shots": POSITIVE_INT,
     "task.queries": POSITIVE_INT,
@@ -281,7 +284,7 @@ RULES: dict[str, Rule] = {
     "train.outer_lr": POSITIVE_NUMBER,
     "train.pre_adapt_every": POSITIVE_INT,
     "train.checkpoint_every": POSITIVE_INT,
-    "train.checkpoint_dir": NAME,
+    "train.checkpoint_dir": FOLDER,
     "train.vectorize": one_of("auto", True, False),
     "train.compile": BOOLEAN,
     "train.select_on": one_of("last", "val"),
@@ -296,13 +299,25 @@ RULES: dict[str, Rule] = {
     "cluster.share_timeout_s": POSITIVE_NUMBER,
     "cluster.aggregation": one_of("driver", "allreduce"),
     "cluster.steps_per_call": POSITIVE_INT,
-    "register.model_name": OPTIONAL_NAME,
+    "register.model_name": (
+        "a name without '/' or ':' (the model registry's rule), or null",
+        lambda v: v is None or (isinstance(v, str) and bool(v.strip()) and not set("/:") & set(v) and v not in (".", "..")),
+    ),
+    "register.max_adapt_steps": OPTIONAL_POSITIVE_INT,
     "sweep.trial_steps": OPTIONAL_POSITIVE_INT,
     "sweep.reduction_factor": ("a number above 1", lambda v: is_number(v) and v > 1),
     "published.acc": ("a fraction between 0 and 1 or null", lambda v: v is None or (is_number(v) and 0 <= v <= 1)),
     "published.ci95": ("a non-negative number or null", lambda v: v is None or NON_NEGATIVE_NUMBER[1](v)),
     "published.source": OPTIONAL_NAME,
 }
+
+
+def under_a_file(path: Path) -> bool:
+    """Whether a folder at ``path`` could never be made: one of its existing ancestors (or itself) is not a folder."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return not folder.is_dir()
+    return False
 
 
 def check(key: str, value, rule: Rule) -> None:

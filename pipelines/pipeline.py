@@ -22,9 +22,9 @@ from mlflow.entities import Run
 from cluster.allreduce import make_driver
 from cluster.driver import Driver, connect
 from meta_core.flat import flatten, layout_of, unflatten
-from pipelines import tracking
+from pipelines import lease, tracking
 from pipelines.artifacts import load_trained, log_trained
-from pipelines.build import build_learner, worker_setup
+from pipelines.build import build_learner, check_placeable, worker_setup
 from pipelines.config import Config, digest, from_dict
 from pipelines.plots import log_plots
 from pipelines.stages.evaluate import evaluate
@@ -56,6 +56,7 @@ class Context:
     def driver(self) -> Driver:
         if self._driver is None:
             connect(self.config.cluster.address)
+            check_placeable(self.config.cluster)
             splits = load_splits(self.outputs["prepare"])
             self._driver = make_driver(worker_setup(self.config), self.config.cluster, splits, layout_of(fresh_params(self.config)))
         return self._driver
@@ -177,19 +178,24 @@ def find_pipeline(experiment_id: str, config: Config) -> Run | None:
 def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] = (), resume_id: str | None = None) -> str:
     """Run (or continue) the pipeline for ``config``; returns its MLflow parent run id."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
-    experiment = mlflow.set_experiment(config.experiment)
-    previous = mlflow.get_run(resume_id) if resume_id else find_pipeline(experiment.experiment_id, config)
+    if resume_id:  # in the run's own experiment, even if it was renamed since
+        previous = mlflow.get_run(resume_id)
+        experiment = mlflow.set_experiment(experiment_id=previous.info.experiment_id)
+    else:
+        experiment = mlflow.set_experiment(config.experiment)
+        previous = find_pipeline(experiment.experiment_id, config)
     if previous is not None and previous.info.status == "FINISHED" and not force:
         print(f"pipeline run {previous.info.run_id} already finished with this config (use --force STAGE to redo one)")
         return previous.info.run_id
     if previous is not None and previous.info.status != "FINISHED":
+        lease.refuse_if_held(previous)
         print(f"continuing pipeline run {previous.info.run_id}")
         start = {"run_id": previous.info.run_id}
     else:
-        start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline"}}
+        start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline", **lease.tags()}}
     ctx = Context(config)
     try:
-        with tracked_run(**start, log_system_metrics=True) as parent:
+        with tracked_run(**start, log_system_metrics=True) as parent, lease.held(parent.info.run_id):
             if "run_id" not in start:
                 tracking.log_config(config)
                 tracking.log_published(config)
