@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 
 import mlflow
@@ -51,7 +52,7 @@ from pipelines.pipeline import resume, run
 from pipelines.stages.register import register_stage
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs
-from tests.test_resume import CONFIG, checkpoint_step, cli, pipeline_runs, start_killable_run
+from tests.test_resume import checkpoint_step, cli, pipeline_runs
 
 TINY = ["train.steps=2", "train.meta_batch=2", "eval.tasks=4", "eval.steps=[1]", "train.compile=false", "cluster.workers=1"]
 
@@ -180,14 +181,29 @@ def test_a_run_whose_owner_died_resumes_in_its_experiment_even_after_a_rename(ra
     assert client.get_experiment_by_name("before") is None  # no empty experiment under the old name
 
 
+LONG = [
+    "train.steps=1000",
+    "train.meta_batch=2",
+    "train.checkpoint_every=10",
+    "eval.tasks=4",
+    "eval.steps=[1]",
+    "train.compile=false",
+    "cluster.workers=1",
+]
+
+
 @pytest.mark.slow
 def test_a_second_run_of_a_running_config_is_refused_and_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
-    workdir = tmp_path / "terminated"
-    driver = start_killable_run(workdir, 20)
-    monkeypatch.chdir(workdir)
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    driver = cli("run", "sinusoid", *sets(*LONG), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while checkpoint_step(tmp_path / "checkpoints") < 10:
+        assert driver.poll() is None, driver.communicate()[0].decode()[-2000:]
+        time.sleep(0.05)
+    mlflow.set_tracking_uri(uri)
     [parent] = pipeline_runs()
-    assert main(["run", "sinusoid", *sets(*CONFIG), "--tracking-uri", uri]) == 2  # the same config, while the first trains
+    capsys.readouterr()
+    assert main(["run", "sinusoid", *sets(*LONG), "--tracking-uri", uri]) == 2  # the same config, while the first trains
     assert f"pipeline run {parent.info.run_id} is running in process {driver.pid}" in one_line_error(capsys)
 
     driver.send_signal(signal.SIGTERM)
@@ -196,16 +212,15 @@ def test_a_second_run_of_a_running_config_is_refused_and_sigterm_stops_as_ctrl_c
     assert out.strip().splitlines()[-1] == "interrupted: checkpoint written, runs marked KILLED"
     [train_run] = [r for r in child_runs(parent.info.run_id) if r.data.tags["stage"] == "train"]
     assert mlflow.get_run(parent.info.run_id).info.status == "KILLED" and train_run.info.status == "KILLED"
-    step = checkpoint_step(workdir / "checkpoints")
-    assert 20 <= step < 200
+    assert 10 <= checkpoint_step(tmp_path / "checkpoints") < 1000
 
-    resumed = cli("resume", parent.info.run_id, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    resumed = cli("resume", parent.info.run_id, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = resumed.communicate(timeout=300)[0].decode()
     assert resumed.returncode == 0, out[-2000:]
     assert f"continuing pipeline run {parent.info.run_id}" in out
     assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED" and len(pipeline_runs()) == 1
     logged = sorted(m.step for m in MlflowClient().get_metric_history(train_run.info.run_id, "meta_loss"))
-    assert logged == list(range(200))  # continued from the checkpoint: every step once
+    assert logged == list(range(1000))  # continued from the checkpoint: every step once
 
 
 # -- serving ------------------------------------------------------------------------------------------------------
