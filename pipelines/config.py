@@ -223,7 +223,9 @@ def load(name: str | None = None, overrides: list[str] = ()) -> Config:
         config = merge(config, read_yaml(path))
     for item in overrides:
         config = merge(config, parse_override(item))
-    return from_dict(config)
+    whole = from_dict(config)
+    check_folders(whole)
+    return whole
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
@@ -242,8 +244,6 @@ NON_NEGATIVE_NUMBER: Rule = ("a non-negative number", lambda v: is_number(v) and
 BOOLEAN: Rule = one_of(True, False)
 NAME: Rule = ("a non-empty string", lambda v: isinstance(v, str) and bool(v))
 OPTIONAL_NAME: Rule = ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and bool(v)))
-FOLDER: Rule = ("a folder path, not under a file", lambda v: isinstance(v, str) and bool(v) and not under_a_file(Path(v)))
-OPTIONAL_FOLDER: Rule = ("a folder path, not under a file, or null", lambda v: v is None or FOLDER[1](v))
 HELD_OUT: Rule = (
     "a fraction between 0 and 1 or a whole number of groups (or classes)",
     lambda v: (is_number(v) and 0 < v < 1) or (is_int(v) and v >= 1),
@@ -270,7 +270,7 @@ RULES: dict[str, Rule] = {
         "a non-empty list of column names or null",
         lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v)),
     ),
-    "data.cache_dir": OPTIONAL_FOLDER,
+    "data.cache_dir": OPTIONAL_NAME,
     "task.ways": POSITIVE_INT,
     "task.shots": POSITIVE_INT,
     "task.queries": POSITIVE_INT,
@@ -284,7 +284,7 @@ RULES: dict[str, Rule] = {
     "train.outer_lr": POSITIVE_NUMBER,
     "train.pre_adapt_every": POSITIVE_INT,
     "train.checkpoint_every": POSITIVE_INT,
-    "train.checkpoint_dir": FOLDER,
+    "train.checkpoint_dir": NAME,
     "train.vectorize": one_of("auto", True, False),
     "train.compile": BOOLEAN,
     "train.select_on": one_of("last", "val"),
@@ -318,6 +318,14 @@ def under_a_file(path: Path) -> bool:
         if folder.exists():
             return not folder.is_dir()
     return False
+
+
+def check_folders(config: Config) -> None:
+    """The folders a run writes, checked where a config is given rather than where a logged one is read back (a
+    served model, a resumed run on another machine), whose working directory may hold anything."""
+    for key, folder in (("train.checkpoint_dir", config.train.checkpoint_dir), ("data.cache_dir", config.data.cache_dir)):
+        if folder is not None and under_a_file(Path(folder)):
+            raise ConfigError(f"config key '{key}': expected a folder path, not under a file, got {folder!r}")
 
 
 def check(key: str, value, rule: Rule) -> None:

@@ -44,7 +44,8 @@ def alive(owner: dict, heartbeat: float) -> bool:
     if owner["host"] != socket.gethostname():
         return time.time() - heartbeat < STALE_S
     try:
-        return round(psutil.Process(owner["pid"]).create_time(), 2) == owner["started"]
+        process = psutil.Process(owner["pid"])
+        return round(process.create_time(), 2) == owner["started"] and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
