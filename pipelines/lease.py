@@ -8,6 +8,10 @@ while it runs. An owner on this machine is alive while its process is, which is 
 right after a crash or a SIGKILL need not wait; an owner on another machine is alive while its heartbeat is younger
 than ``STALE_S``. A run that is not RUNNING (it finished, failed or was stopped) holds no lease.
 
+A second process that finds a run leased stops with one line saying how to continue, rather than wait (for hours,
+perhaps, while a job scheduler counts it as running) or start a run of its own (the same training twice, racing to
+register its model): what it asked for is being done, and running the command again once it is done reuses it.
+
 A new run carries its lease from the moment it is created, so a second process that finds it never sees it
 unowned. Two processes reopening one dead run in the same instant can still both take it: the store offers no
 atomic test-and-set to rule that out.
