@@ -12,6 +12,8 @@ the task splits' reference for as long as it runs.
 """
 
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -38,11 +40,14 @@ def connect(address: str | None) -> None:
     """
     if ray.is_initialized():
         return
+    on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with a handler that exits at once
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:  # "local": a fresh Ray of our own, even if a `ray start` cluster runs on this machine
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)  # the caller's own stands (the CLI stops as on Ctrl-C)
 
 
 def split(n: int, parts: int) -> list[list[int]]:

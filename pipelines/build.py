@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 
 import data
-from cluster.config import WorkerSetup
+from cluster.config import ClusterConfig, WorkerSetup
 from meta_core.algorithms import Algorithm
 from meta_core.outer import OuterLoop
 from meta_core.registry import Learner
-from pipelines.config import Config
+from pipelines.config import Config, ConfigError
 
 
 def prepared(config: Config) -> Path:
@@ -47,6 +47,26 @@ def task_source(config: Config, examples: np.ndarray | None = None, split: str =
 
 def outer_loop(config: Config) -> OuterLoop:
     return OuterLoop(config.train.meta_batch, config.train.optimizer, config.train.outer_lr)
+
+
+def check_placeable(cluster: ClusterConfig) -> None:
+    """Refuse, in one line, workers that the cluster's nodes cannot place, rather than wait for them to start.
+
+    Each worker must fit on one node: a node holds as many as each of its resources allows. A sweep checks its
+    trials the same way (``sweep.trials_that_fit``).
+    """
+    import ray
+
+    worker = {"CPU": cluster.num_cpus, "GPU": cluster.num_gpus, **cluster.resources}
+    worker = {name: amount for name, amount in worker.items() if amount}
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    fits = sum(min(int(node.get(name, 0) // amount) for name, amount in worker.items()) for node in nodes)
+    if fits < cluster.workers:
+        largest = max(nodes, key=lambda node: node.get("CPU", 0), default={})
+        raise ConfigError(
+            f"config key 'cluster': {cluster.workers} workers of {worker} each do not fit on this cluster (it places {fits}; its largest node has "
+            f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs): lower cluster.workers, cluster.num_cpus or cluster.num_gpus"
+        )
 
 
 def worker_setup(config: Config) -> WorkerSetup:

@@ -159,7 +159,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (e.g. a stopped Ray job) stops as cleanly as Ctrl-C
+    """SIGTERM (what Kubernetes, Slurm and ``ray job stop`` send) stops as Ctrl-C does, through whatever handles
+    Ctrl-C at the time: Python's KeyboardInterrupt (checkpoint, runs KILLED), or Tune saving a sweep's state."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,7 @@ class RegisterConfig:
     model_name: str | None
     alias: str
     metric: str
+    max_adapt_steps: int | None = None  # the most adaptation steps a served request may ask for (None: a multiple of the trained ones)
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,9 @@ def load(name: str | None = None, overrides: list[str] = ()) -> Config:
         config = merge(config, read_yaml(path))
     for item in overrides:
         config = merge(config, parse_override(item))
-    return from_dict(config)
+    whole = from_dict(config)
+    check_folders(whole)
+    return whole
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ HELD_OUT: Rule = (
 )
 
 RULES: dict[str, Rule] = {
-    "seed": NON_NEGATIVE_INT,
+    "seed": ("an integer from 0 to 2**32 - 1", lambda v: is_int(v) and 0 <= v < 2**32),  # numpy's RandomState (Tune's sampler) takes no more
     "experiment": NAME,
     "run_name": OPTIONAL_NAME,
     "data.source": (
@@ -296,13 +299,33 @@ RULES: dict[str, Rule] = {
     "cluster.share_timeout_s": POSITIVE_NUMBER,
     "cluster.aggregation": one_of("driver", "allreduce"),
     "cluster.steps_per_call": POSITIVE_INT,
-    "register.model_name": OPTIONAL_NAME,
+    "register.model_name": (
+        "a name without '/' or ':' (the model registry's rule), or null",
+        lambda v: v is None or (isinstance(v, str) and bool(v.strip()) and not set("/:") & set(v) and v not in (".", "..")),
+    ),
+    "register.max_adapt_steps": OPTIONAL_POSITIVE_INT,
     "sweep.trial_steps": OPTIONAL_POSITIVE_INT,
     "sweep.reduction_factor": ("a number above 1", lambda v: is_number(v) and v > 1),
     "published.acc": ("a fraction between 0 and 1 or null", lambda v: v is None or (is_number(v) and 0 <= v <= 1)),
     "published.ci95": ("a non-negative number or null", lambda v: v is None or NON_NEGATIVE_NUMBER[1](v)),
     "published.source": OPTIONAL_NAME,
 }
+
+
+def under_a_file(path: Path) -> bool:
+    """Whether a folder at ``path`` could never be made: one of its existing ancestors (or itself) is not a folder."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return not folder.is_dir()
+    return False
+
+
+def check_folders(config: Config) -> None:
+    """The folders a run writes, checked where a config is given rather than where a logged one is read back (a
+    served model, a resumed run on another machine), whose working directory may hold anything."""
+    for key, folder in (("train.checkpoint_dir", config.train.checkpoint_dir), ("data.cache_dir", config.data.cache_dir)):
+        if folder is not None and under_a_file(Path(folder)):
+            raise ConfigError(f"config key '{key}': expected a folder path, not under a file, got {folder!r}")
 
 
 def check(key: str, value, rule: Rule) -> None:

@@ -53,7 +53,15 @@ def read_episode(root: Path, run: str, size: int) -> Task:
 def load_model(model_uri: str):
     """``runs:/<run_id>`` of a run that logged params.pt and config.yaml, or a local folder holding both."""
     if model_uri.startswith("runs:/"):
-        return load_trained(model_uri.removeprefix("runs:/").strip("/"))
+        run_id = model_uri.removeprefix("runs:/").strip("/")
+        try:
+            run = mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            raise DataError(f"{model_uri}: no such run in {mlflow.get_tracking_uri()}") from None
+        logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)}
+        if not {"params.pt", "config.yaml"} <= logged:
+            raise DataError(f"{model_uri}: a '{run.data.tags.get('stage')}' run, without params.pt and config.yaml (expected a train stage run)")
+        return load_trained(run_id)
     folder = Path(model_uri)
     if not ((folder / "params.pt").is_file() and (folder / "config.yaml").is_file()):
         raise DataError(f"{model_uri}: expected runs:/<run_id> or a folder holding params.pt and config.yaml")

@@ -23,8 +23,9 @@ from mlflow.entities import Run
 
 from cluster.driver import connect
 from meta_core.flat import flatten
-from pipelines import checkpoint, tracking
+from pipelines import checkpoint, lease, tracking
 from pipelines.artifacts import Trained
+from pipelines.build import check_placeable
 from pipelines.config import Config, digest, from_dict
 from pipelines.plots import log_plots
 from pipelines.session import Session
@@ -55,6 +56,7 @@ class Context:
     def session(self) -> Session:
         if self._session is None:
             connect(self.config.cluster.address)
+            check_placeable(self.config.cluster)
             self._session = Session.from_config(self.config, load_splits(self.outputs["prepare"]))
         return self._session
 
@@ -183,19 +185,24 @@ def run(config: Config, tracking_uri: str | None = None, force: tuple[str, ...] 
     """Run (or continue) the pipeline for ``config``; returns its MLflow parent run id. ``restart``: an unfinished
     train run whose checkpoint is gone trains again from step 0 (without it, that stops the run)."""
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
-    experiment = mlflow.set_experiment(config.experiment)
-    previous = mlflow.get_run(resume_id) if resume_id else find_pipeline(experiment.experiment_id, config)
+    if resume_id:  # in the run's own experiment, even if it was renamed since
+        previous = mlflow.get_run(resume_id)
+        experiment = mlflow.set_experiment(experiment_id=previous.info.experiment_id)
+    else:
+        experiment = mlflow.set_experiment(config.experiment)
+        previous = find_pipeline(experiment.experiment_id, config)
     if previous is not None and previous.info.status == "FINISHED" and not force:
         print(f"pipeline run {previous.info.run_id} already finished with this config (use --force STAGE to redo one)")
         return previous.info.run_id
     if previous is not None and previous.info.status != "FINISHED":
+        lease.refuse_if_held(previous)
         print(f"continuing pipeline run {previous.info.run_id}")
         start = {"run_id": previous.info.run_id}
     else:
-        start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline"}}
+        start = {"run_name": tracking.run_name(config), "tags": {**tracking.tags(config), "stage": "pipeline", **lease.tags()}}
     ctx = Context(config, restart)
     try:
-        with tracked_run(**start, log_system_metrics=True) as parent:
+        with tracked_run(**start, log_system_metrics=True) as parent, lease.held(parent.info.run_id):
             if "run_id" not in start:
                 tracking.log_config(config)
                 tracking.log_published(config)

@@ -13,8 +13,10 @@ A request is one task, one row per example:
 
 The answer has one row per query, in request order: ``prediction`` (class id
 or value) and, for classification, ``probabilities`` over the ways.
-``adapt_steps`` (a predict-time param) defaults to the trained inner steps;
+``adapt_steps`` (a predict-time param) defaults to the trained inner steps and
+may not exceed the maximum registered with the model (``max_adapt_steps``);
 learners that adapt by conditioning on the support set (ProtoNet...) ignore it.
+A request with a non-finite ``x`` or ``y`` is refused, naming the row.
 """
 
 import mlflow
@@ -34,6 +36,13 @@ from pipelines.artifacts import read_trained
 from pipelines.config import Config
 
 TRAINED = "trained"  # the artifact key of the learner's folder
+ADAPT_STEPS_MULTIPLE = 10  # the default most adaptation steps a request may ask for: this many times the trained ones
+
+
+def max_adapt_steps(config: Config) -> int:
+    """``register.max_adapt_steps``, else ``ADAPT_STEPS_MULTIPLE`` x the trained inner steps (at least that many): a
+    request's adaptation must not keep the server busy long after its client gave up."""
+    return config.register.max_adapt_steps or ADAPT_STEPS_MULTIPLE * max(config.algorithm.inner_steps, 1)
 
 
 def input_shape(config: Config) -> tuple[int, ...]:
@@ -64,11 +73,12 @@ class FewShotModel(PythonModel):
     def load_context(self, context) -> None:
         self.config, self.algo, self.params = read_trained(context.artifacts[TRAINED])
         self.shape = input_shape(self.config)
+        self.max_steps = (context.model_config or {}).get("max_adapt_steps") or max_adapt_steps(self.config)  # older versions: the default
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         steps = int((params or {}).get("adapt_steps", self.algo.inner_steps))
-        if steps < 0:
-            raise bad_request(f"adapt_steps: expected a non-negative integer, got {steps}")
+        if not 0 <= steps <= self.max_steps:
+            raise bad_request(f"adapt_steps: expected an integer from 0 to {self.max_steps} (this model's maximum), got {steps}")
         out = answer(self.algo, self.params, *self.tensors(model_input), steps).detach()
         if self.algo.kind == "regression":
             return pd.DataFrame({"prediction": out.squeeze(-1).double().numpy()})
@@ -87,12 +97,18 @@ class FewShotModel(PythonModel):
         lengths = {len(x) for x in frame["x"]}
         if lengths != {size}:
             raise bad_request(f"x: expected {size} values per row (shape {self.shape}, flattened), got {sorted(lengths)}")
+        finite_x = [bool(np.isfinite(np.asarray(x, dtype=np.float64)).all()) for x in frame["x"]]
+        if not all(finite_x):
+            raise bad_request(f"x: row {finite_x.index(False)} holds a NaN or infinite value")
         support, query = frame[frame["set"] == "support"], frame[frame["set"] == "query"]
         if support.empty or query.empty:
             raise bad_request("set: a request needs at least one 'support' row and one 'query' row")
         y = support["y"].to_numpy(dtype=np.float64)
         if np.isnan(y).any():
             raise bad_request("y: every support row needs a label (or target)")
+        if np.isinf(y).any():
+            row = np.flatnonzero(frame["set"].to_numpy() == "support")[np.isinf(y)][0]
+            raise bad_request(f"y: row {row} holds an infinite value")
         if self.algo.kind == "classification":
             ways = self.config.task.ways
             if not np.all((y == np.round(y)) & (y >= 0) & (y < ways)):

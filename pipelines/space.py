@@ -63,6 +63,8 @@ def search_spec(path: str, key: str, spec: dict) -> tuple[str, list]:
         if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, number) and not isinstance(a, bool) for a in args)):
             raise ConfigError(f"{where}: {kind} needs [low, high] as two {'integers' if kind == 'randint' else 'numbers'}, got {args!r}")
         low, high = args
+        if not all(math.isfinite(a) for a in args):
+            raise ConfigError(f"{where}: {kind} needs finite ends, got [{low}, {high}]")
         if not low < high:
             raise ConfigError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
         if kind == "loguniform" and low <= 0:
@@ -71,10 +73,11 @@ def search_spec(path: str, key: str, spec: dict) -> tuple[str, list]:
 
 
 def edges(kind: str, args: list) -> list:
-    """The values to check a searched key with: every listed value, or a range's two ends (randint's high is exclusive)."""
+    """The values to check a searched key with: every listed value, or a range's two ends (randint's high is exclusive;
+    uniform and loguniform draw real numbers, so their ends are checked as such)."""
     if kind in LISTS:
         return args
-    return [args[0], args[1] - 1] if kind == "randint" else args
+    return [args[0], args[1] - 1] if kind == "randint" else [float(a) for a in args]
 
 
 def sweep_config(config: Config, space: Space) -> Config:
@@ -96,7 +99,9 @@ def sweep_config(config: Config, space: Space) -> Config:
             try:
                 config.with_values({key: value})
             except ConfigError as e:
-                raise ConfigError(f"{space.path}: {e}") from None
+                integer = kind in ("uniform", "loguniform") and "integer" in str(e)
+                draws = f" ({kind} draws real numbers: use randint or choice for an integer key)" if integer else ""
+                raise ConfigError(f"{space.path}: {e}{draws}") from None
         if key.split(".")[0] in NOT_SEARCHABLE or key in NOT_SEARCHABLE:
             raise ConfigError(f"{space.path}: '{key}' cannot be searched: a sweep holds {', '.join(NOT_SEARCHABLE)} fixed (give it a plain value)")
     return config

@@ -206,8 +206,8 @@ def start(
     """Check everything, then sweep; returns the sweep's MLflow run id."""
     space = read_space(space_path)
     config = sweep_config(load(config_name, overrides), space)
-    dataset = prepared_dataset(config)
     uri = absolute_uri(tracking.tracking_uri(tracking_uri))
+    dataset = prepared_dataset(config)
     connect(config.cluster.address)
     concurrent = max_concurrent or trials_that_fit(config)
     mlflow.set_tracking_uri(uri)

@@ -16,8 +16,17 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def tracking_uri(cli_uri: str | None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
-    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory; one whose scheme
+    MLflow has no store for is refused here, before anything runs."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except mlflow.exceptions.MlflowException:
+        given = "--tracking-uri" if cli_uri else "MLFLOW_TRACKING_URI"
+        raise ConfigError(f"{given} {uri}: not a tracking store (expected sqlite:///FILE.db, a folder, or http(s)://SERVER)") from None
+    return uri
 
 
 def code_version() -> str:

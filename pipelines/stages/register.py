@@ -78,6 +78,7 @@ def register_stage(config: Config, trained: Trained, eval_metrics: dict[str, flo
             input_example=(input_example(trained_config, kind), {"adapt_steps": inner_steps}),
             pip_requirements=REQUIREMENTS,
             registered_model_name=name,
+            model_config={"max_adapt_steps": serving.max_adapt_steps(config)},
         )
     number = info.registered_model_version
     client = MlflowClient()
