@@ -4,9 +4,11 @@ compared with ours only at that protocol, and docs/papers.md's table says what t
 import re
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
+from pipelines import tracking as tracking_module
 from pipelines.compare import table
 from pipelines.config import CONFIG_DIR, ConfigError, load
 
@@ -166,3 +168,13 @@ def test_a_published_figure_names_a_protocol_the_evaluation_takes(overrides, err
     with pytest.raises(ConfigError, match=error):
         load("omniglot", overrides)
     assert load("omniglot", ["published.acc=0.5", "published.source=P", "published.steps=0"]).published.tasks is None
+
+
+def test_a_paper_configs_figure_and_its_protocol_reach_the_columns_compare_reads(tracking, tmp_path):
+    cfg = config_of("maml_mini_imagenet_1shot", tmp_path)
+    with mlflow.start_run() as active:
+        tracking_module.log_config(cfg)
+        tracking_module.log_published(cfg)
+        mlflow.log_metrics({"eval_post_adapt_acc": 0.45, "eval_post_adapt_acc_ci95": 0.02, "eval_steps10_acc": 0.47, "eval_steps10_acc_ci95": 0.02})
+    row = table(mlflow.search_runs([active.info.experiment_id])).iloc[0]
+    assert (row.published, row.published_protocol, row.at_published) == (0.487, "10 steps, 600 tasks", 0.47)
