@@ -37,7 +37,7 @@ def workload(name: str, width: int = 64, workers: int = 1, device: str = "cpu", 
     from pipelines.build import prepared
 
     if name == "mini_imagenet":
-        config = load(str(CONFIG_DIR / "benchmarks" / "maml_mini_imagenet_1shot.yaml"), [f"data.source={mini_imagenet_standin()}", *overrides])
+        config = load(str(CONFIG_DIR / "papers" / "maml_mini_imagenet_1shot.yaml"), [f"data.source={mini_imagenet_standin()}", *overrides])
     else:
         config = load(str(CONFIG_DIR / "omniglot.yaml"), [*omniglot_data(), f"model.width={width}", *overrides])
     return config, data.load_splits(prepared(config))

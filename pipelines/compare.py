@@ -39,13 +39,35 @@ def headline(metrics: pd.Series) -> tuple[str, float, float]:
     return "", float("nan"), float("nan")
 
 
+def beside_published(r: pd.Series) -> dict:
+    """The published figure where the run's config names one, and ours at its protocol (the published test-time
+    steps, averaged over as many test tasks) with ours minus theirs; NaN where the protocols differ, which
+    ``published_protocol`` then says."""
+    published, nan = r.get("metrics.published_acc", float("nan")), float("nan")
+    row = {"published": published, "published_ci95": r.get("metrics.published_acc_ci95", nan), "published_protocol": None}
+    row |= {"at_published": nan, "at_published_ci95": nan, "vs_published": nan, "published_source": r.get("tags.published_source")}
+    if pd.isna(published):
+        return row
+    steps, tasks = r.get("tags.published_steps"), r.get("tags.published_tasks")
+    if not isinstance(steps, str):
+        return row | {"published_protocol": "not recorded: not compared"}
+    if not isinstance(tasks, str):
+        return row | {"published_protocol": f"{steps} steps, tasks not stated: not compared"}
+    protocol, ours, ours_tasks = f"{steps} steps, {tasks} tasks", r.get(f"metrics.eval_steps{steps}_acc", nan), r.get("params.eval.tasks")
+    if ours_tasks != tasks:
+        return row | {"published_protocol": f"{protocol}; ours on {ours_tasks} tasks: not compared"}
+    if pd.isna(ours):
+        return row | {"published_protocol": f"{protocol}; ours not evaluated after {steps} steps: not compared"}
+    ci95 = r.get(f"metrics.eval_steps{steps}_acc_ci95", nan)
+    return row | {"published_protocol": protocol, "at_published": ours, "at_published_ci95": ci95, "vs_published": ours - published}
+
+
 def table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per pipeline run: what it ran, its headline figure beside the published one (``published.*``) where
-    its config names one, ours minus theirs, its speed and how it ended."""
+    """One row per pipeline run: what it ran, its headline figure, the published one beside ours at its protocol
+    (``beside_published``), its speed and how it ended."""
     rows = []
     for _, r in runs.iterrows():
         metric, value, ci95 = headline(r)
-        published = r.get("metrics.published_acc", float("nan"))
         rows.append(
             {
                 "run_id": r["run_id"],
@@ -58,13 +80,10 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
                 "metric": metric,
                 "value": value,
                 "ci95": ci95,
-                "published": published,
-                "published_ci95": r.get("metrics.published_acc_ci95", float("nan")),
-                "vs_published": value - published,
+                **beside_published(r),
                 "tasks_per_s": r.get("metrics.train_tasks_per_s"),
                 "wall_s": (r["end_time"] - r["start_time"]).total_seconds() if pd.notna(r["end_time"]) else float("nan"),
                 "status": r["status"],
-                "published_source": r.get("tags.published_source"),
             }
         )
     return pd.DataFrame(rows)

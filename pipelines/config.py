@@ -86,6 +86,8 @@ class PublishedConfig:
     acc: float | None  # test accuracy, a fraction, as eval_*_acc
     ci95: float | None  # its 95% interval's half-width
     source: str | None  # the paper and table
+    steps: int | None  # the protocol it was measured at: test-time adaptation steps (0: none, for learners that read the support set)
+    tasks: int | None  # and test tasks averaged over; null where the source states none
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,8 @@ RULES: dict[str, Rule] = {
     "published.acc": ("a fraction between 0 and 1 or null", lambda v: v is None or (is_number(v) and 0 <= v <= 1)),
     "published.ci95": ("a non-negative number or null", lambda v: v is None or NON_NEGATIVE_NUMBER[1](v)),
     "published.source": OPTIONAL_NAME,
+    "published.steps": ("a non-negative integer or null", lambda v: v is None or (is_int(v) and v >= 0)),
+    "published.tasks": OPTIONAL_POSITIVE_INT,
 }
 
 
@@ -424,7 +428,7 @@ def from_dict(config: dict) -> Config:
     register = RegisterConfig(**config["register"])
     check_register(register, algorithm, evaluation, dataset)
     published = PublishedConfig(**config["published"])
-    check_published(published, dataset)
+    check_published(published, dataset, algorithm, evaluation)
     whole = Config(
         config["seed"], config["experiment"], config["run_name"], data_config, TaskShape(**config["task"]), model, algorithm, train, evaluation, cluster, register,
         SweepConfig(**config["sweep"]), published,
@@ -451,17 +455,27 @@ def check_selection(config: Config) -> None:
         )
 
 
-def check_published(published: PublishedConfig, dataset: DatasetSpec) -> None:
-    """A published figure is a test accuracy with its source; the interval and the source describe it."""
+def check_published(published: PublishedConfig, dataset: DatasetSpec, algorithm: AlgorithmConfig, evaluation: EvalConfig) -> None:
+    """A published figure is a test accuracy with its source and the protocol it was measured at: its test-time
+    adaptation steps, which the evaluation must take so that ours exists at that protocol, and its task count
+    (null where the source states none, and then nothing is compared with it)."""
     if published.acc is None:
-        for key, value in (("ci95", published.ci95), ("source", published.source)):
-            if value is not None:
+        for key in ("ci95", "source", "steps", "tasks"):
+            if getattr(published, key) is not None:
                 raise ConfigError(f"config key 'published.{key}': describes published.acc, which is null")
         return
     if published.source is None:
         raise ConfigError("config key 'published.source': required with published.acc: the paper and table, e.g. 'Finn et al. 2017, Table 1'")
     if dataset.kind != "classification":
         raise ConfigError(f"config key 'published.acc': an accuracy, and {dataset.name} tasks report only losses")
+    if published.steps is None:
+        raise ConfigError("config key 'published.steps': required with published.acc: the test-time adaptation steps it was measured after")
+    evaluated = {0, algorithm.inner_steps, *evaluation.steps}
+    if published.steps not in evaluated:
+        raise ConfigError(
+            f"config key 'published.steps': {published.steps} adaptation steps are not evaluated "
+            f"(eval.steps {list(evaluation.steps)}, algorithm.inner_steps {algorithm.inner_steps}); add {published.steps} to eval.steps"
+        )
 
 
 def check_register(register: RegisterConfig, algorithm: AlgorithmConfig, evaluation: EvalConfig, dataset: DatasetSpec) -> None:

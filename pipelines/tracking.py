@@ -75,12 +75,14 @@ def log_config(config: Config) -> None:
 
 def log_published(config: Config) -> None:
     """The paper's figure for this config, where set, in the active run: metrics ``published_acc`` (and
-    ``published_acc_ci95``), tag ``published_source``, to read beside ``eval_*_acc``."""
+    ``published_acc_ci95``), tags ``published_source`` and its protocol, ``published_steps`` and ``published_tasks``,
+    to read beside ``eval_steps<published_steps>_acc``."""
     published = config.published
     if published.acc is None:
         return
     mlflow.log_metrics({"published_acc": published.acc} | ({"published_acc_ci95": published.ci95} if published.ci95 is not None else {}))
-    mlflow.set_tag("published_source", published.source)
+    protocol = {"published_steps": str(published.steps)} | ({"published_tasks": str(published.tasks)} if published.tasks is not None else {})
+    mlflow.set_tags({"published_source": published.source, **protocol})
 
 
 def run_to_resume(run_id: str, stage: str, command: str) -> Run:

@@ -14,7 +14,7 @@ from data.published import class_lists
 from meta_core.algorithms import base
 from meta_core.tasks import as_inputs, crop_and_flip, task_rng
 from pipelines.build import prepared, task_source
-from pipelines.config import CONFIG_DIR, ConfigError, load
+from pipelines.config import ConfigError, load
 from pipelines.pipeline import run
 from pipelines.serving import request
 from tests.benchmark_data import FORMATS, PER_CLASS, cifar100_archive, cub_archive, mini_imagenet_folder, mini_imagenet_pickles, tiered_imagenet
@@ -175,21 +175,9 @@ def test_the_official_cifar_archive_is_verified_by_its_name(tmp_path):
         prepared(load(None, ["data.name=cifar_fs", f"data.source={official}", f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=16"]))
 
 
-BENCHMARK_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "benchmarks").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("name", BENCHMARK_CONFIGS)
-def test_benchmark_configs_follow_a_published_protocol_and_carry_its_figure(tmp_path, name):
-    cfg = load(f"benchmarks/{name}", [f"data.source={tmp_path}"])
-    assert cfg.data.name in ("mini_imagenet", "cifar_fs") and cfg.task.ways == 5 and cfg.task.shots in (1, 5)
-    assert cfg.data.image_size == (84 if cfg.data.name == "mini_imagenet" else 32) and cfg.train.select_on == "val"
-    assert (cfg.published.acc is None) == (cfg.published.source is None)  # a figure always names its source
-    assert cfg.published.acc is None or 0.3 < cfg.published.acc < 0.9
-
-
-def test_a_benchmark_config_needs_a_copy_of_a_set_without_a_download():
+def test_a_paper_config_needs_a_copy_of_a_set_without_a_download():
     with pytest.raises(ConfigError, match=r"^config key 'data.source': mini_imagenet needs a folder holding images/"):
-        load("benchmarks/maml_mini_imagenet_1shot")
-    assert load("benchmarks/maml_cifar_fs_1shot").data.source == "cifar-100-python"  # an official download
+        load("papers/maml_mini_imagenet_1shot")
+    assert load("papers/maml_cifar_fs_1shot").data.source == "cifar-100-python"  # an official download
     with pytest.raises(ConfigError, match=r"^config key 'data.val_size': cifar_fs keeps its published train/val/test split"):
-        load("benchmarks/maml_cifar_fs_1shot", ["data.val_size=0.2"])
+        load("papers/maml_cifar_fs_1shot", ["data.val_size=0.2"])

@@ -3,14 +3,14 @@
 import json
 import subprocess
 import sys
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks import call_latency, profile_share
 from benchmarks.baseline import BaselineMAML, warm_up
-from benchmarks.call_latency import extra_ms, spin
 from benchmarks.common import ROOT, omniglot_data
 from benchmarks.memory import measure
 from meta_core.models import init_params
@@ -44,15 +44,40 @@ def test_share_profile_sees_the_same_operators_and_calls_in_a_worker_as_in_proce
     calls = lambda side: {op: round(v[0]) for op, v in side["ops"].items()}  # noqa: E731
     assert calls(here) == calls(in_worker)
     assert calls(here)["aten::mse_loss"] > 0  # the MLP's loss, so the share's operators are there
-    # both sides timed and profiled (a median wall against mean self times: under load either may be the larger)
-    assert all(side["wall_ms"] > 0 and sum(v[1] for v in side["ops"].values()) > 0 for side in (here, in_worker))
 
 
-def test_call_latency_counts_only_what_a_call_takes_beyond_its_work():
-    bare = extra_ms(spin, 0.002, budget_s=0.05)
-    delayed = extra_ms(lambda seconds: (spin(seconds), time.sleep(0.005)), 0.002, budget_s=0.05)
-    assert 0 <= bare < 1  # a spin called in this process adds next to nothing to itself
-    assert 4.5 < delayed - bare < 10  # the 5 ms sleep after the spin is what the call takes beyond its work
+def test_share_profile_times_and_counts_each_profiled_step_and_not_the_warm_up(monkeypatch):
+    """``profiled_shares`` on a stand-in worker whose n-th call takes n ms of a fake clock and runs ``mm`` once per
+    task: the wall is the median of the profiled steps' calls, and the counts are per profiled step."""
+    clock, seen = [0.0], []
+
+    class Worker:
+        device = torch.device("cpu")
+
+        def meta_gradient(self, flat, step, indices):
+            seen.append(step)
+            clock[0] += 1e-3 * step  # step n takes n ms
+            for _ in indices:
+                torch.mm(flat, flat)
+
+    monkeypatch.setattr(profile_share, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    measured = profile_share.profiled_shares(Worker(), torch.ones(2, 2), meta_batch=3, steps=4)
+    assert seen == list(range(profile_share.WARMUP + 4))
+    assert measured["wall_ms"] == pytest.approx(3.5)  # the median of steps 2, 3, 4 and 5, not of the warm-up's 0 and 1
+    assert measured["ops"]["aten::mm"][0] == 3  # one call per task per step: the warm-up's calls are not profiled
+
+
+def test_call_latency_counts_only_what_a_call_takes_beyond_its_work(monkeypatch):
+    """On a fake clock: a call of 2 ms of work that takes 2.5 ms, but for a slow warm-up and one slow outlier, adds
+    0.5 ms; the warm-up is not counted and the outlier does not move the median."""
+    clock, extras = [0.0], iter([50e-3, 30e-3] + [0.5e-3] * 19)  # the warm-up, an outlier, then the rest
+
+    def call(seconds):
+        clock[0] += seconds + next(extras)
+
+    monkeypatch.setattr(call_latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    assert call_latency.extra_ms(call, 2e-3, budget_s=0.04) == pytest.approx(0.5)  # 20 calls: 0.04 s of 2 ms each
+    assert next(extras, None) is None  # the warm-up and exactly those 20
 
 
 def baseline_and_tasks(network: str, compiled: bool) -> tuple[BaselineMAML, list]:

@@ -43,7 +43,7 @@ def test_published_figures_show_beside_ours_and_editing_them_reruns_nothing_whil
     evaluation = ["eval.tasks=4", "eval.val_tasks=4", "eval.steps=[1]"]
     diverging = ["train.steps=3", "train.checkpoint_every=1", "train.optimizer=sgd", "train.outer_lr=100", "train.select_on=val"]
     fast = [*table_of_features, *splits, *evaluation, *diverging, "train.meta_batch=2", "cluster.workers=1", "experiment=published"]
-    paper = ["published.acc=0.9", "published.ci95=0.02", "published.source=Paper 2017, Table 1"]
+    paper = ["published.acc=0.9", "published.ci95=0.02", "published.source=Paper 2017, Table 1", "published.steps=1", "published.tasks=4"]
     first = run(load(None, [*fast, *paper]), tracking)
 
     stages = {r.data.tags["stage"]: r for r in child_runs(first)}

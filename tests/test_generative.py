@@ -90,9 +90,10 @@ def metagan():
     return algo, params, episode()
 
 
-def reference_generator_grads(algo, params, task, support_noise, query_noise) -> dict:
-    """The generator's loss written out: one inner SGD step of the ``ways + 1``-way learner on real support plus
-    fakes, then ``-log P(real)`` of fresh fakes under the adapted learner, differentiated with plain autograd."""
+def reference(algo, params, task, support_noise, query_noise) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """MetaGAN written out: one inner SGD step of the ``ways + 1``-way learner on real support plus fakes, then the
+    generator's loss, ``-log P(real)`` of fresh fakes under the adapted learner, and its gradient by plain autograd;
+    with the adapted learner's logits on the real queries."""
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     gen = {k.removeprefix(GENERATOR): v for k, v in leaves.items() if k.startswith(GENERATOR)}
     learner = {k: v for k, v in leaves.items() if not k.startswith(GENERATOR)}
@@ -101,23 +102,23 @@ def reference_generator_grads(algo, params, task, support_noise, query_noise) ->
     y = torch.cat([task.support_y, torch.full((len(fakes),), WAYS)])
     inner = F.cross_entropy(forward(algo.model, {**learner, **{GENERATOR + k: v for k, v in gen.items()}}, x), y)
     steps = torch.autograd.grad(inner, list(learner.values()), create_graph=True)
-    adapted = {k: w - 0.4 * g for (k, w), g in zip(learner.items(), steps, strict=True)}
+    adapted = {**{k: w - 0.4 * g for (k, w), g in zip(learner.items(), steps, strict=True)}, **{GENERATOR + k: v for k, v in gen.items()}}
     fresh = torch.func.functional_call(algo.model.generator, gen, (task.support_x, query_noise))
-    logits = forward(algo.model, {**adapted, **{GENERATOR + k: v for k, v in gen.items()}}, fresh)
-    loss = -logits.softmax(-1)[:, :WAYS].sum(-1).log().mean()
-    return dict(zip(gen, torch.autograd.grad(loss, list(gen.values())), strict=True))
+    loss = -forward(algo.model, adapted, fresh).softmax(-1)[:, :WAYS].sum(-1).log().mean()
+    grads = dict(zip(gen, torch.autograd.grad(loss, list(gen.values()), retain_graph=True), strict=True))
+    return grads, loss.detach(), forward(algo.model, adapted, task.query_x).detach()
 
 
 def test_metagan_trains_the_generator_on_its_adversarial_loss_through_the_adapted_learner():
     algo, params, task = metagan()
     grads, metrics = algo.task_grad(params, task)
     support_noise, query_noise = algo.noise_batches[:2]
-    expected = reference_generator_grads(algo, params, task, support_noise, query_noise)
+    expected, loss, _ = reference(algo, params, task, support_noise, query_noise)
     got = {k.removeprefix(GENERATOR): g for k, g in generator_grads(grads).items()}
     assert got.keys() == expected.keys() and all(g.abs().sum() > 0 for g in got.values())
     for k in expected:
         torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-6)
-    assert metrics["generator_loss"] > 0
+    torch.testing.assert_close(metrics["generator_loss"], loss, rtol=1e-5, atol=1e-6)
 
 
 def test_metagan_fakes_change_the_adapted_learner():
@@ -131,9 +132,18 @@ def test_metagan_fakes_change_the_adapted_learner():
 def test_metagan_trains_a_ways_plus_one_head_and_predicts_over_the_real_classes():
     algo, params, task = metagan()
     assert algo.model.head.out_features == WAYS + 1 and params["head.weight"].shape[0] == WAYS + 1
-    grads, metrics = algo.task_grad(params, task)
+    grads, _ = algo.task_grad(params, task)
     assert grads["head.weight"][WAYS].abs().sum() > 0  # the "fake" class's row is trained
-    assert metrics["post_adapt_acc"] <= 1
+    # a "fake" logit that wins every query: counted, it would make every answer wrong; the metrics leave it out
+    fake_wins = {**params, "head.bias": params["head.bias"].clone().index_fill(0, torch.tensor([WAYS]), 100.0)}
+    queue = iter(algo.noise_batches[2:])
+    algo.draw = lambda like: next(queue)
+    _, metrics = algo.task_grad(fake_wins, task)
+    _, _, logits = reference(algo, fake_wins, task, *algo.noise_batches[2:4])
+    assert (logits.argmax(-1) == WAYS).all()
+    accuracy = (logits[:, :WAYS].argmax(-1) == task.query_y).float().mean()
+    assert accuracy > 0 and metrics["post_adapt_acc"] == accuracy
+    torch.testing.assert_close(metrics["post_adapt_loss"], F.cross_entropy(logits[:, :WAYS], task.query_y), rtol=1e-4, atol=1e-6)
     del algo.draw  # the learner's own noise again
     with seeded_noise("cpu", PREDICTION_SEED):  # the noise predict draws, to rebuild its answer
         adapted = algo.adapt(params, task)
