@@ -52,8 +52,7 @@ def measure(spec: dict) -> dict:
     """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per
     step; for the pipeline, also the median seconds of an empty call to a worker (Ray's bare round trip)."""
     from benchmarks.baseline import BaselineMAML, warm_up
-    from cluster.allreduce import make_driver
-    from cluster.driver import connect
+    from cluster.driver import connect, make_driver
     from cluster.worker import reuse_freed_memory
     from meta_core.flat import flatten, layout_of
     from meta_core.step import draw, share_gradient

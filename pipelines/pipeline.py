@@ -19,8 +19,7 @@ from typing import Callable
 import mlflow
 from mlflow.entities import Run
 
-from cluster.allreduce import make_driver
-from cluster.driver import Driver, connect
+from cluster.driver import MetaDriver, connect, make_driver
 from meta_core.flat import flatten, layout_of, unflatten
 from pipelines import tracking
 from pipelines.artifacts import load_trained, log_trained
@@ -53,7 +52,7 @@ class Context:
     def __init__(self, config: Config):
         self.config, self.outputs, self._driver = config, {}, None
 
-    def driver(self) -> Driver:
+    def driver(self) -> MetaDriver:
         if self._driver is None:
             connect(self.config.cluster.address)
             splits = load_splits(self.outputs["prepare"])

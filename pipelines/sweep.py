@@ -27,8 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.allreduce import make_driver
-from cluster.driver import connect
+from cluster.driver import connect, make_driver
 from meta_core.flat import flatten, layout_of
 from pipelines import tracking
 from pipelines.build import prepared, worker_setup

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
-from cluster.driver import Driver, split
+from cluster.driver import Driver
+from cluster.pool import split
 from pipelines.build import worker_setup
 from tests.cluster_helpers import config, mean_gradient, reference, start, summed_gradient, train
 

@@ -29,10 +29,10 @@ def killed_mid_step(marker: Path):
     class KilledMidStep(MetaWorker):
         """Kills its own process (SIGKILL, no clean-up) inside the first share of step FAULT_STEP it gets."""
 
-        def meta_gradient(self, flat, step, indices):
+        def meta_gradient(self, flat, step, micro_batches):
             if step == FAULT_STEP and once(marker):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return super().meta_gradient(flat, step, indices)
+            return super().meta_gradient(flat, step, micro_batches)
 
     return KilledMidStep
 
@@ -41,10 +41,10 @@ def straggling(marker: Path, delay_s: float):
     class Straggler(MetaWorker):
         """Takes ``delay_s`` over the first share of step FAULT_STEP it gets."""
 
-        def meta_gradient(self, flat, step, indices):
+        def meta_gradient(self, flat, step, micro_batches):
             if step == FAULT_STEP and once(marker):
                 time.sleep(delay_s)
-            return super().meta_gradient(flat, step, indices)
+            return super().meta_gradient(flat, step, micro_batches)
 
     return Straggler
 
@@ -73,13 +73,13 @@ def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
 
 def faulty_in_group(marker: Path, fault: str):
     class FaultyInGroup(AllreduceWorker):
-        """Kills its own process, or stalls for a minute, inside the first share of step FAULT_STEP it gets:
+        """Kills its own process, or stalls for a minute, inside the first micro-batch of step FAULT_STEP it gets:
         before the group sums that step's gradients, after it took the steps before (in the same call, at 2 a call)."""
 
-        def share(self, params, step, indices):
+        def micro_batch_gradient(self, params, step, indices):
             if step == FAULT_STEP and once(marker):
                 os.kill(os.getpid(), signal.SIGKILL) if fault == "killed" else time.sleep(60)
-            return super().share(params, step, indices)
+            return super().micro_batch_gradient(params, step, indices)
 
     return FaultyInGroup
 

@@ -12,8 +12,7 @@ import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from cluster.allreduce import make_driver
-from cluster.driver import Driver
+from cluster.driver import Driver, make_driver
 from meta_core.flat import flatten, layout_of
 from pipelines.build import build_learner, worker_setup
 from pipelines.config import load

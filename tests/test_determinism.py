@@ -1,0 +1,115 @@
+"""The same run ends with the same bits on any number of workers, on either aggregation path, after a resume, and
+after a lost worker's micro-batches were computed again: final parameters compared with ``torch.equal``, and every
+step's metrics with ``==``, after hundreds of Adam steps (which amplify any difference in the last bit).
+
+A meta-batch of 7 tasks in micro-batches of 2 (2, 2, 2 and 1 tasks, each stacked for vmap) is spread over 2 or 3
+workers unevenly, so each worker's part and the order the parts arrive in both change with the number of workers."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.allreduce import AllreduceDriver
+from cluster.driver import Driver
+from pipelines import checkpoint
+from pipelines.build import worker_setup
+from pipelines.config import Config, load
+from tests.cluster_helpers import splits, start
+from tests.test_cluster_faults import FAULT_STEP, killed_mid_step
+
+SHARED = ["train.meta_batch=7", "train.micro_batch=2", "train.optimizer=adam", "train.compile=false", "train.pre_adapt_every=5"]
+SINUSOID = ["train.steps=300", "train.outer_lr=0.01"]
+CONV = ["train.steps=200", "train.vectorize=true", "model.width=4", "task.ways=3", "task.queries=2", "data.rotations=false"]
+
+
+def train(cfg: Config, worker_cls=None, steps: range | None = None, state: dict | None = None) -> tuple[torch.Tensor, torch.optim.Optimizer, list]:
+    """Meta-steps ``steps`` (all of ``train.steps``) from ``state`` (a checkpoint's; None: from the initial
+    parameters) on ``cluster.aggregation``'s driver; the parameters, the optimizer and every step's metrics."""
+    _, layout, flat, optimizer = start(cfg)
+    if state is not None:
+        with torch.no_grad():
+            flat.copy_(state["flat"])
+        optimizer.load_state_dict(state["optimizer"])
+    driver_cls = AllreduceDriver if cfg.cluster.aggregation == "allreduce" else Driver
+    driver = driver_cls(worker_setup(cfg), cfg.cluster, splits(cfg), layout, worker_cls)
+    steps, per_call, metrics = steps or range(cfg.train.steps), cfg.cluster.steps_per_call, []
+    try:
+        for first in range(steps.start, steps.stop, per_call):
+            metrics += driver.steps(flat, optimizer, first, min(per_call, steps.stop - first))
+    finally:
+        driver.shutdown()
+    return flat.detach(), optimizer, metrics
+
+
+@functools.cache
+def alone(overrides: tuple[str, ...]) -> tuple[torch.Tensor, list]:
+    """The run on one worker (the driver path): what every other run must end with, bit for bit."""
+    flat, _, metrics = train(load(None, [*overrides, "cluster.workers=1"]))
+    return flat, metrics
+
+
+def assert_same_run(overrides: tuple[str, ...], flat: torch.Tensor, metrics: list) -> None:
+    expected, expected_metrics = alone(overrides)
+    assert not torch.equal(expected, start(load(None, list(overrides)))[2])  # it trained
+    assert torch.equal(flat, expected)
+    assert metrics == expected_metrics
+
+
+@pytest.fixture(scope="module")
+def conv(omniglot, tmp_path_factory) -> tuple[str, ...]:
+    """A small conv net on generated Omniglot-shaped images, vmap-ed over each micro-batch."""
+    cache = tmp_path_factory.mktemp("cache")
+    return ("data.name=omniglot", *omniglot.overrides(), f"data.cache_dir={cache}", *SHARED, *CONV)
+
+
+@pytest.mark.parametrize("workers, aggregation, per_call", [(2, "driver", 1), (3, "driver", 1), (2, "allreduce", 1), (3, "allreduce", 50)])
+def test_sinusoid_ends_with_the_same_bits_on_any_number_of_workers_and_either_aggregation(ray_local, workers, aggregation, per_call):
+    overrides = ("data.name=sinusoid", *SHARED, *SINUSOID)
+    cfg = load(None, [*overrides, f"cluster.workers={workers}", f"cluster.aggregation={aggregation}", f"cluster.steps_per_call={per_call}"])
+    flat, _, metrics = train(cfg)
+    assert_same_run(overrides, flat, metrics)
+
+
+@pytest.mark.parametrize("workers, aggregation", [(2, "driver"), (3, "driver"), (3, "allreduce")])
+def test_conv_net_ends_with_the_same_bits_on_any_number_of_workers_and_either_aggregation(ray_local, conv, workers, aggregation):
+    flat, _, metrics = train(load(None, [*conv, f"cluster.workers={workers}", f"cluster.aggregation={aggregation}"]))
+    assert_same_run(conv, flat, metrics)
+
+
+def test_a_run_interrupted_and_resumed_from_its_checkpoint_ends_with_the_same_bits(ray_local, tmp_path):
+    overrides = ("data.name=sinusoid", *SHARED, *SINUSOID)
+    cfg = load(None, [*overrides, "cluster.workers=2"])
+    half = cfg.train.steps // 2 + 1  # not a multiple of pre_adapt_every: the resumed part starts between two pre-adaptation steps
+    flat, optimizer, before = train(cfg, steps=range(half))
+    path = tmp_path / "run.pt"
+    checkpoint.save(path, flat, optimizer, half, stage_key="k")
+    state = checkpoint.load(path, stage_key="k")
+    flat, _, after = train(cfg, steps=range(state["step"], cfg.train.steps), state=state)
+    assert_same_run(overrides, flat, before + after)
+
+
+def test_a_worker_killed_mid_step_ends_the_run_with_the_same_bits(ray_local, tmp_path):
+    overrides = ("data.name=sinusoid", *SHARED, *SINUSOID)
+    marker = tmp_path / "killed"
+    flat, _, metrics = train(load(None, [*overrides, "cluster.workers=3"]), killed_mid_step(marker))
+    assert marker.exists(), f"no worker was killed at step {FAULT_STEP}"
+    assert_same_run(overrides, flat, metrics)
+
+
+def test_micro_batches_do_not_depend_on_the_number_of_workers():
+    """What makes the runs above comparable: 7 tasks as micro-batches of 2, 2, 2 and 1 whatever ``cluster.workers``,
+    and ``auto`` as the whole meta-batch for vmap-ed tasks, one task for tasks run one by one."""
+    setups = [worker_setup(load("sinusoid", [*SHARED, f"cluster.workers={n}"])) for n in (1, 2, 3)]
+    assert [s.micro_batch for s in setups] == [2, 2, 2]
+    assert worker_setup(load("sinusoid", ["train.micro_batch=auto", "cluster.workers=3"])).micro_batch == 25
+    assert worker_setup(load("sinusoid", ["train.micro_batch=auto", "train.vectorize=false"])).micro_batch == 1
+
+
+def test_micro_batches_are_consecutive_and_the_last_takes_the_rest():
+    from cluster.reduction import micro_batches
+
+    assert micro_batches(7, 2) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert micro_batches(4, 8) == [[0, 1, 2, 3]]
+    assert np.concatenate(micro_batches(25, 4)).tolist() == list(range(25))
