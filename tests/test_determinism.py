@@ -3,16 +3,19 @@ after a lost worker's micro-batches were computed again: final parameters compar
 step's metrics with ``==``, after hundreds of Adam steps (which amplify any difference in the last bit).
 
 A meta-batch of 7 tasks in micro-batches of 2 (2, 2, 2 and 1 tasks, each stacked for vmap) is spread over 2 or 3
-workers unevenly, so each worker's part and the order the parts arrive in both change with the number of workers."""
+workers unevenly, so each worker's part changes with the number of workers; and every few steps the worker with the
+first micro-batch answers last, so results arrive out of order."""
 
 import functools
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from cluster.allreduce import AllreduceDriver
+from cluster.allreduce import AllreduceDriver, AllreduceWorker
 from cluster.driver import Driver
+from cluster.worker import MetaWorker
 from pipelines import checkpoint
 from pipelines.build import worker_setup
 from pipelines.config import Config, ConfigError, load
@@ -23,6 +26,33 @@ SHARED = ["train.meta_batch=7", "train.micro_batch=2", "train.optimizer=adam", "
 SINUSOID = ["train.steps=200", "train.outer_lr=0.01"]
 CONV = ["train.steps=100", "train.vectorize=true", "model.width=4", "task.ways=3", "task.queries=2", "data.rotations=false"]
 
+LATE_EVERY, LATE_S = 10, 0.05  # every 10th step (1, 11, ...), the first micro-batch's result comes 50 ms late
+
+
+def late(step: int) -> bool:
+    return step % LATE_EVERY == 1
+
+
+class FirstLate(MetaWorker):
+    """Answers late when it holds the meta-batch's first micro-batch, on a ``late`` step: the other workers'
+    micro-batches arrive first."""
+
+    def meta_gradient(self, flat, step, micro_batches):
+        result = super().meta_gradient(flat, step, micro_batches)
+        if late(step) and micro_batches[0][0] == 0:
+            time.sleep(LATE_S)
+        return result
+
+
+class FirstRankLate(AllreduceWorker):
+    """Rank 0 (the first micro-batches) answers a call holding a ``late`` step late: the other ranks' metrics arrive first."""
+
+    def train_steps(self, state, first, count, runs):
+        result = super().train_steps(state, first, count, runs)
+        if self.rank == 0 and any(late(step) for step in range(first, first + count)):
+            time.sleep(LATE_S)
+        return result
+
 
 def train(cfg: Config, worker_cls=None, steps: range | None = None, state: dict | None = None) -> tuple[torch.Tensor, torch.optim.Optimizer, list]:
     """Meta-steps ``steps`` (all of ``train.steps``) from ``state`` (a checkpoint's; None: from the initial
@@ -32,8 +62,8 @@ def train(cfg: Config, worker_cls=None, steps: range | None = None, state: dict 
         with torch.no_grad():
             flat.copy_(state["flat"])
         optimizer.load_state_dict(state["optimizer"])
-    driver_cls = AllreduceDriver if cfg.cluster.aggregation == "allreduce" else Driver
-    driver = driver_cls(worker_setup(cfg), cfg.cluster, splits(cfg), layout, worker_cls)
+    driver_cls, late_cls = (AllreduceDriver, FirstRankLate) if cfg.cluster.aggregation == "allreduce" else (Driver, FirstLate)
+    driver = driver_cls(worker_setup(cfg), cfg.cluster, splits(cfg), layout, worker_cls or late_cls)
     steps, per_call, metrics = steps or range(cfg.train.steps), cfg.cluster.steps_per_call, []
     try:
         for first in range(steps.start, steps.stop, per_call):
@@ -93,9 +123,27 @@ def test_a_run_interrupted_and_resumed_from_its_checkpoint_ends_with_the_same_bi
 def test_a_worker_killed_mid_step_ends_the_run_with_the_same_bits(ray_local, tmp_path):
     overrides = ("data.name=sinusoid", *SHARED, *SINUSOID)
     marker = tmp_path / "killed"
-    flat, _, metrics = train(load(None, [*overrides, "cluster.workers=3"]), killed_mid_step(marker))
+    killed = killed_mid_step(marker)
+    flat, _, metrics = train(load(None, [*overrides, "cluster.workers=3"]), type("KilledOrLate", (killed, FirstLate), {}))
     assert marker.exists(), f"no worker was killed at step {FAULT_STEP}"
     assert_same_run(overrides, flat, metrics)
+
+
+def test_the_float64_mean_gradient_is_the_same_whatever_arrives_first(ray_local):
+    """Below the outer step's float32: the driver's float64 sum itself, at steps where the first micro-batch comes last."""
+    overrides = ["data.name=sinusoid", *SHARED, *SINUSOID]
+    gradients = {}
+    for workers in (1, 2, 3):
+        cfg = load(None, [*overrides, f"cluster.workers={workers}"])
+        _, layout, flat, _ = start(cfg)
+        driver = Driver(worker_setup(cfg), cfg.cluster, splits(cfg), layout, FirstLate)
+        try:
+            gradients[workers] = [driver.gradient(flat.numpy(), step) for step in range(1, 4 * LATE_EVERY, LATE_EVERY)]
+        finally:
+            driver.shutdown()
+    for workers in (2, 3):
+        for (gradient, metrics), (alone_gradient, alone_metrics) in zip(gradients[workers], gradients[1], strict=True):
+            assert np.array_equal(gradient, alone_gradient) and metrics == alone_metrics
 
 
 def test_micro_batches_do_not_depend_on_the_number_of_workers():
