@@ -1,6 +1,6 @@
 """The same run ends with the same bits on any number of workers, on either aggregation path, after a resume, and
 after a lost worker's micro-batches were computed again: final parameters compared with ``torch.equal``, and every
-step's metrics with ``==``, after hundreds of Adam steps (which amplify any difference in the last bit).
+step's metrics with ``==``, after 100 to 200 Adam steps (which amplify any difference in the last bit).
 
 A meta-batch of 7 tasks in micro-batches of 2 (2, 2, 2 and 1 tasks, each stacked for vmap) is spread over 2 or 3
 workers unevenly, so each worker's part changes with the number of workers; and every few steps the worker with the
