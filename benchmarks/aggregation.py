@@ -1,13 +1,14 @@
 """Where all-reduce aggregation starts to pay: ``Driver.steps`` vs ``AllreduceDriver.steps`` by model size and workers.
 
 Only the communication and the outer step are timed. The workers are the
-pipeline's own actors with ``share`` replaced by a fixed gradient of the model's
-size, so the per-task computation costs nothing; everything else is the real
-path, one meta-step a call: the driver path puts the float32 parameters into the
-object store, makes one call per worker, sums their float32 gradients in float64
-and takes the Adam step; the all-reduce group sums its gradients in a gloo ring,
-every rank takes the Adam step, and rank 0 sends back the parameters and Adam's
-two moments. For each size both drivers are alive at once and measured one after
+pipeline's own actors with ``micro_batch_gradient`` replaced by a fixed gradient
+of the model's size, so the per-task computation costs nothing; everything else
+is the real path, one meta-step a call, one micro-batch per worker: the driver
+path puts the float32 parameters into the object store, makes one call per
+worker, adds their float64 gradients in micro-batch order and takes the Adam
+step; the all-reduce group gathers its float64 gradients (gloo), every rank adds
+them in micro-batch order and takes the Adam step, and rank 0 sends back the
+parameters and Adam's two moments. For each size both drivers are alive at once and measured one after
 the other, so both see the same machine.
 
     .venv/bin/python -m benchmarks.aggregation [--quick] [--workers 2 4] [--steps 15]
@@ -32,19 +33,19 @@ QUICK_SIZES = [100_000, 1_000_000, 10_000_000]
 PAYS = 0.9  # all-reduce s / driver s below which it counts as faster: under the ±10-20% noise between runs, no claim
 
 
-def fixed_share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-    """A share that costs nothing: the same float64 gradient of ``params``' size every call."""
+def fixed_gradient(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    """A micro-batch that costs nothing: the same float64 gradient of ``params``' size every call."""
     if getattr(self, "fixed", torch.empty(0)).numel() != params.numel():
         self.fixed = torch.ones(params.numel(), dtype=torch.float64)
     return self.fixed, {}
 
 
 class FreeWorker(MetaWorker):
-    share = fixed_share
+    micro_batch_gradient = fixed_gradient
 
 
 class FreeAllreduceWorker(AllreduceWorker):
-    share = fixed_share
+    micro_batch_gradient = fixed_gradient
 
 
 def measure(spec: dict) -> dict:
@@ -54,7 +55,8 @@ def measure(spec: dict) -> dict:
 
     workers = spec["workers"]
     # two drivers of `workers` workers share the machine's CPUs; meta-batch 25 gives every worker a share
-    config = load(str(CONFIG_DIR / "sinusoid.yaml"), [f"cluster.workers={workers}", f"cluster.num_cpus={1 / workers}"])
+    per_worker = f"train.micro_batch={-(-25 // workers)}"  # the meta-batch of 25 as one micro-batch per worker
+    config = load(str(CONFIG_DIR / "sinusoid.yaml"), [f"cluster.workers={workers}", f"cluster.num_cpus={1 / workers}", per_worker])
     splits, rows = {"train": None, "test": None}, []
     connect(None)
     setup = worker_setup(config)

@@ -77,9 +77,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def in_fresh_process(module: str, spec: dict) -> dict:
-    """``python -m module --measure JSON`` in a new process (clean peak memory); its last stdout line as JSON."""
-    out = subprocess.run([sys.executable, "-m", module, "--measure", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True)
+def in_fresh_process(module: str, spec: dict, checkout: Path = ROOT) -> dict:
+    """``python -m module --measure JSON`` in a new process (clean peak memory), in ``checkout`` (by default this
+    one); its last stdout line as JSON."""
+    out = subprocess.run([sys.executable, "-m", module, "--measure", json.dumps(spec)], cwd=checkout, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{module} {spec}: failed with\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

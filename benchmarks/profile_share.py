@@ -2,7 +2,7 @@
 
 The pipeline's worker class is built twice from one config: as the Ray actor a
 ``Driver`` starts, and as a plain object in this process. Each computes the whole
-meta-batch as one share, ``--steps`` times after two warm-up steps, under
+meta-batch, in its micro-batches, ``--steps`` times after two warm-up steps, under
 ``torch.profiler``; the table lists the operators whose self time per step
 differs most between the two (CPU, and on CUDA device time too). A gap such as
 Omniglot's on the H100 (86 ms a step through a worker against 48 ms in-process)
@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import workload
 from cluster.driver import Driver, connect
+from cluster.reduction import micro_batches
 from cluster.worker import MetaWorker, to_wire
 from meta_core.flat import flatten, layout_of
 from pipelines.build import build_learner, worker_setup
@@ -27,10 +28,10 @@ from pipelines.build import build_learner, worker_setup
 WARMUP = 2  # steps: the first takes any compiling, and step 0 the pre-adaptation variant
 
 
-def profiled_shares(worker, flat, meta_batch: int, steps: int) -> dict:
+def profiled_shares(worker, flat, micro_batches: list[list[int]], steps: int) -> dict:
     """Median wall ms of ``worker.meta_gradient`` over the whole meta-batch, and per operator its calls and self
     CPU and device ms, each per step. Runs wherever ``worker`` lives: in an actor through ``__ray_call__``, or here."""
-    indices = list(range(meta_batch))
+    indices = micro_batches
     for step in range(WARMUP):
         worker.meta_gradient(flat, step, indices)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if worker.device.type == "cuda" else [])
@@ -83,9 +84,10 @@ def measure(name: str, device: str = "cpu", steps: int = 5, overrides=(), width:
     flat, layout = to_wire(flatten(params).numpy()), layout_of(params)  # as the driver sends them
     connect(None)
     driver = Driver(setup, config.cluster, splits, layout)
-    in_worker = ray.get(driver.workers[0].__ray_call__.remote(profiled_shares, flat, meta_batch, steps))
+    batches = micro_batches(meta_batch, setup.micro_batch)
+    in_worker = ray.get(driver.workers[0].__ray_call__.remote(profiled_shares, flat, batches, steps))
     driver.shutdown()
-    here = profiled_shares(MetaWorker(setup, splits, layout), flat, meta_batch, steps)
+    here = profiled_shares(MetaWorker(setup, splits, layout), flat, batches, steps)
     return here, in_worker, meta_batch
 
 

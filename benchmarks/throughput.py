@@ -52,8 +52,7 @@ def measure(spec: dict) -> dict:
     """One row: median step seconds, peak RSS (and CUDA memory) of the busiest process, bytes crossing processes per
     step; for the pipeline, also the median seconds of an empty call to a worker (Ray's bare round trip)."""
     from benchmarks.baseline import BaselineMAML, warm_up
-    from cluster.allreduce import make_driver
-    from cluster.driver import connect
+    from cluster.driver import connect, make_driver
     from cluster.worker import reuse_freed_memory
     from meta_core.flat import flatten, layout_of
     from meta_core.step import draw, share_gradient
@@ -103,12 +102,12 @@ def measure(spec: dict) -> dict:
         optimizer = outer_loop(config).make_optimizer(flat)
 
         step = lambda i: driver.steps(flat, optimizer, i * per_call, per_call)  # noqa: E731
-        n, workers = flat.numel(), spec["workers"]
-        if per_call == 1:  # parameters to each worker (float32), one float32 gradient back from each
-            result["bytes"] = 2 * 4 * n * workers
-        else:  # parameters and optimizer state back from rank 0 once a call; each rank's 2(N-1)/N gradients into the ring
-            held = 3 if train.optimizer == "adam" else 1
-            result["bytes"] = held * 4 * n / per_call + 8 * n * (workers - 1)
+        n, workers, parts = flat.numel(), spec["workers"], len(driver.micro_batches)
+        if per_call == 1:  # parameters to each worker with micro-batches (float32), one float64 gradient back per micro-batch
+            result["bytes"] = 4 * n * min(workers, parts) + 8 * n * parts
+        else:  # parameters and optimizer state back from rank 0 once a call; each rank's micro-batch gradients (float64,
+            held = 3 if train.optimizer == "adam" else 1  # padded to the most any rank has) to every other rank
+            result["bytes"] = held * 4 * n / per_call + 8 * n * -(-parts // workers) * workers * (workers - 1)
     result["step_s"] = median_seconds(step, spec["steps"], spec["warmup"], spec["device"]) / per_call
     result["gpu_mib"] = peak_gpu_mib()
     if spec["mode"] == "ray":

@@ -6,8 +6,10 @@ the driver, which adds them up and takes the outer optimizer's step: for a
 for a tiny one a round trip through Ray every step. Here the
 workers form a torch.distributed process group (gloo on CPU, nccl on GPU), as
 DistributedDataParallel does: every rank holds the parameters and the outer
-optimizer, the ranks sum their gradients in a ring, and each takes the same
-optimizer step. The driver sends the parameters and optimizer state once (to a
+optimizer, the ranks gather every micro-batch's gradient and each adds them up
+in micro-batch index order (``cluster.reduction``; not a ring sum, whose order
+would depend on the group's size), so each takes the same optimizer step, and
+the same as the driver path's. The driver sends the parameters and optimizer state once (to a
 new group, or after it loaded a checkpoint), asks for ``cluster.steps_per_call``
 meta-steps at a time, and takes back rank 0's state after them: its link
 carries one copy of that state per call whatever the number of workers, and
@@ -21,9 +23,9 @@ A group needs every member, and one that lost a member cannot be formed again
 in place (every survivor's process group is broken for good). So a call that
 fails, through a lost worker or by taking over ``share_timeout_s`` a step, is
 computed again, from the state the driver holds and with the same tasks, by new
-workers in a new group: slower to recover than the driver path's per-share
-re-dispatch, with the same result. Evaluation is unchanged (the driver's
-per-call dispatch).
+workers in a new group: slower to recover than the driver path's per-call
+re-dispatch, with the same result. Evaluation is the driver path's
+(``WorkerPool.evaluate``).
 """
 
 import time
@@ -37,7 +39,8 @@ import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.config import ClusterConfig, WorkerSetup
-from cluster.driver import SPREAD, Driver, split
+from cluster.pool import SPREAD, WorkerPool
+from cluster.reduction import mean_gradient, mean_metrics, micro_batches
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout, numel
 
@@ -89,34 +92,59 @@ class AllreduceWorker(MetaWorker):
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         self.rank = rank
 
-    def train_steps(self, state: dict | None, first: int, count: int, indices: list[int]) -> tuple[dict | None, list[dict[str, float]]]:
+    def train_steps(
+        self, state: dict | None, first: int, count: int, runs: list[list[list[int]]]
+    ) -> tuple[dict | None, list[list[dict[str, float]]]]:
         """Meta-steps ``first`` to ``first + count - 1`` from ``state`` (``pack``'s; None: from where the last call
-        left off): this share's gradient, summed over the group and divided by the meta-batch, into the outer
-        optimizer's step, which every rank takes alike. Rank 0's state afterwards (None elsewhere), and this
-        share's summed metrics of each step."""
+        left off). ``runs[r]`` are rank r's micro-batches; every rank gathers every micro-batch's gradient, adds them
+        up in index order and takes the outer optimizer's step alike. Rank 0's state afterwards (None elsewhere),
+        and this rank's micro-batches' summed metrics of each step."""
         if state is not None:
             unpack(state, self.flat, self.optimizer)
         metrics = []
         for step in range(first, first + count):
-            total, sums = self.share(self.flat, step, indices)
-            grad = total.float()  # on the worker's device: nccl sums it GPU to GPU
-            if dist.get_world_size() > 1:  # gloo would still take its time to sum a group of one
-                dist.all_reduce(grad)
-            self.flat.grad = grad / self.meta_batch
+            mine = [self.micro_batch_gradient(self.flat, step, indices) for indices in runs[self.rank]]
+            gradients = self.gathered([g for g, _ in mine], [len(run) for run in runs])
+            grad = mean_gradient(gradients, self.meta_batch)
+            self.flat.grad = torch.from_numpy(grad.astype(np.float32)).to(self.device)  # as the driver path casts it
             self.optimizer.step()
-            metrics.append(sums)
+            metrics.append([m for _, m in mine])
         return (pack(self.flat, self.optimizer) if self.rank == 0 else None), metrics
 
+    def gathered(self, mine: list[torch.Tensor], counts: list[int]) -> np.ndarray:
+        """Every rank's micro-batch gradients (``counts[r]`` from rank r; ``mine`` from this one), in rank order: in
+        micro-batch index order. Each rank's rows are padded to the largest count, as ``all_gather`` needs equal shapes."""
+        rows = torch.zeros(max(counts), self.flat.numel(), dtype=torch.float64, device=self.device)
+        if mine:
+            rows[: len(mine)] = torch.stack(mine)
+        if len(counts) == 1:  # gloo would still take its time with a group of one
+            return rows.cpu().numpy()
+        every = [torch.empty_like(rows) for _ in counts]
+        dist.all_gather(every, rows)
+        return torch.cat([ranks_rows[:n] for ranks_rows, n in zip(every, counts, strict=True)]).cpu().numpy()
 
-class AllreduceDriver(Driver):
-    """A Driver whose workers sum the meta-gradient among themselves and take the outer step themselves."""
 
-    worker = AllreduceWorker
+class AllreduceDriver:
+    """Owns workers that gather the meta-gradient among themselves and take the outer step themselves."""
 
-    def start_workers(self) -> None:
-        """New workers, as ``Driver.start_workers``, in a group of their own."""
-        super().start_workers()
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        cluster: ClusterConfig,
+        splits: dict[str, np.ndarray | None],
+        layout: Layout,
+        worker_cls: type | None = None,
+        scheduling=SPREAD,
+    ):
+        """As ``Driver``'s; ``worker_cls``: what its workers are, if not AllreduceWorkers (a subclass, in tests)."""
+        self.meta_batch, self.timeout = setup.outer.meta_batch, cluster.share_timeout_s
+        self.micro_batches = micro_batches(setup.outer.meta_batch, setup.micro_batch)
+        self.pool = WorkerPool(worker_cls or AllreduceWorker, setup, cluster, splits, layout, scheduling)
         self.form_group()
+
+    @property
+    def workers(self) -> list[ray.actor.ActorHandle]:
+        return self.pool.workers
 
     def form_group(self) -> None:
         """Every worker, ranked in worker order, in a new process group hosted by the first; it holds no state yet."""
@@ -131,8 +159,9 @@ class AllreduceDriver(Driver):
             state, metrics = self.group_steps(flat, optimizer, first, count)
         except RayError as error:
             warnings.warn(f"step {first}: the all-reduce group failed ({type(error).__name__}); computing it again with new workers", stacklevel=2)
-            self.shutdown()
-            self.start_workers()
+            self.pool.shutdown()
+            self.pool.start()
+            self.form_group()
             state, metrics = self.group_steps(flat, optimizer, first, count)
         unpack(state, flat, optimizer)
         self.held = flat.detach().clone()
@@ -142,8 +171,9 @@ class AllreduceDriver(Driver):
         """One try of the steps by the current group, sent ``flat`` and ``optimizer`` unless it holds them already
         (not when new, nor after a checkpoint was loaded); raises the first error or a timeout."""
         sent = None if self.held is not None and torch.equal(self.held, flat) else ray.put(pack(flat, optimizer))
-        shares = split(self.meta_batch, len(self.workers))
-        refs = [w.train_steps.remote(sent, first, count, idx) for w, idx in zip(self.workers, shares, strict=True)]
+        ranks = [s.tolist() for s in np.array_split(np.arange(len(self.micro_batches)), len(self.workers))]  # some empty, if few
+        runs = [[self.micro_batches[k] for k in rank] for rank in ranks]
+        refs = [w.train_steps.remote(sent, first, count, runs) for w in self.workers]
         pending, deadline, results = refs, time.monotonic() + count * self.timeout, {}
         while pending:  # a lost member's error at once, not after the others' collective gives up on it
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -151,9 +181,11 @@ class AllreduceDriver(Driver):
                 raise GetTimeoutError(f"the group's {count} step(s) took over share_timeout_s ({self.timeout}s) each")
             results[ready[0]] = ray.get(ready[0])
         state, _ = results[refs[0]]
-        return state, [self.mean_metrics(list(step)) for step in zip(*(results[ref][1] for ref in refs), strict=True)]
+        per_step = zip(*(results[ref][1] for ref in refs), strict=True)  # each step: every rank's micro-batches' metrics
+        return state, [mean_metrics((m for rank in step for m in rank), self.meta_batch) for step in per_step]
 
+    def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
+        return self.pool.evaluate(flat, split_name, tasks, steps)
 
-def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, scheduling=SPREAD) -> Driver:
-    """The driver that ``cluster.aggregation`` names, its workers placed by ``scheduling``."""
-    return (AllreduceDriver if cluster.aggregation == "allreduce" else Driver)(setup, cluster, splits, layout, scheduling=scheduling)
+    def shutdown(self) -> None:
+        self.pool.shutdown()

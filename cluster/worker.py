@@ -1,6 +1,7 @@
-"""The Ray actor: one model, one task source, one share of each meta-batch."""
+"""The Ray actor: one model, one task source, whole micro-batches of each meta-batch."""
 
 import ctypes
+import os
 
 import numpy as np
 import ray
@@ -16,14 +17,21 @@ INLINE_BYTES = 100 * 1024  # Ray sends call arguments and results up to this siz
 
 
 def to_wire(array: np.ndarray) -> np.ndarray | bytes:
-    """A float32 array as it crosses processes fastest: up to Ray's inline size as bytes, which Ray serializes
+    """An array as it crosses processes fastest: up to Ray's inline size as bytes, which Ray serializes
     faster than an array; above it as the array, which the object store holds zero-copy."""
     return array.tobytes() if array.nbytes <= INLINE_BYTES else array
 
 
-def from_wire(data: np.ndarray | bytes) -> np.ndarray:
-    """The float32 array that ``to_wire`` sent."""
-    return np.frombuffer(data, np.float32) if isinstance(data, bytes) else data
+def from_wire(data: np.ndarray | bytes, dtype=np.float32) -> np.ndarray:
+    """The ``dtype`` array that ``to_wire`` sent, flat if it came as bytes."""
+    return np.frombuffer(data, dtype) if isinstance(data, bytes) else data
+
+
+def deterministic_kernels() -> None:
+    """Torch's deterministic kernels where it has them (a warning where an operator has none), and on a GPU
+    cuBLAS's fixed workspace, which it reads when CUDA starts: before this process uses CUDA."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def reuse_freed_memory() -> None:
@@ -44,16 +52,17 @@ def reuse_freed_memory() -> None:
 
 
 class MetaWorker:
-    """Computes summed meta-gradients for the task indices it is given.
+    """Computes each micro-batch's summed meta-gradient for the micro-batches it is given.
 
     ``splits`` arrives from the object store as read-only, zero-copy arrays
     shared by every worker on a node; tasks only gather from them. A worker that
-    dies is replaced by one built from the same arguments (``cluster.driver``),
-    which can recompute any share.
+    dies is replaced by one built from the same arguments (``cluster.pool``),
+    which can recompute any micro-batch.
     """
 
     def __init__(self, setup: WorkerSetup, splits: dict[str, np.ndarray | None], layout: Layout):
         reuse_freed_memory()
+        deterministic_kernels()
         torch.set_num_threads(max(1, int(setup.num_cpus)))
         use_gpu = setup.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
@@ -66,16 +75,17 @@ class MetaWorker:
     def params(self, flat: np.ndarray | bytes) -> torch.Tensor:
         return torch.tensor(from_wire(flat), device=self.device)  # a copy: object-store arrays are read-only
 
-    def share(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Summed meta-gradient (float64, on the worker's device) and metrics of this share at ``params``; pre-adaptation metrics every few steps."""
+    def micro_batch_gradient(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed meta-gradient (float64, on the worker's device) and metrics of one micro-batch at ``params``; pre-adaptation metrics every few steps."""
         pre_adapt = step % self.pre_adapt_every == 0
         train = self.sources["train"]
         return share_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled, pre_adapt)
 
-    def meta_gradient(self, flat: np.ndarray | bytes, step: int, indices: list[int]) -> tuple[np.ndarray | bytes, dict[str, float]]:
-        """Summed meta-gradient of this share as float32 (accumulated in float64; ``to_wire``), and summed metrics."""
-        total, sums = self.share(self.params(flat), step, indices)
-        return to_wire(total.float().cpu().numpy()), sums  # cast where it was summed: half the bytes off a GPU
+    def meta_gradient(self, flat: np.ndarray | bytes, step: int, micro_batches: list[list[int]]) -> tuple[np.ndarray | bytes, list[dict[str, float]]]:
+        """Each micro-batch's summed meta-gradient, float64, one row each (``to_wire``), and each one's summed metrics."""
+        params = self.params(flat)
+        totals, sums = zip(*(self.micro_batch_gradient(params, step, indices) for indices in micro_batches), strict=True)
+        return to_wire(torch.stack(totals).cpu().numpy()), list(sums)
 
     def evaluate(self, flat: np.ndarray | bytes, split: str, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task metrics on tasks of ``split``, drawn from that split's stream; a split this worker was not given raises."""

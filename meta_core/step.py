@@ -32,6 +32,13 @@ def vectorized(choice: bool | str, model: str, on_gpu: bool) -> bool:
     return (model == "mlp" or on_gpu) if choice == "auto" else choice
 
 
+def runs_vectorized(algo: Algorithm, vectorize: bool) -> bool:
+    """Whether ``share_gradient`` runs its tasks as one ``vmap`` call: as asked, except a checkpointed inner loop
+    (plain autograd, which ``vmap`` cannot batch) and a learner that draws noise (each task with its own), which run
+    task by task."""
+    return vectorize and not algo.checkpoint_inner and not algo.draws_noise
+
+
 @functools.cache
 def task_grad_fn(algo: Algorithm, vectorize: bool, compiled: bool, pre_adapt: bool):
     """``algo.task_grad`` (with or without the pre-adaptation metrics), or its ``vmap`` over a stack of tasks;
@@ -69,17 +76,19 @@ def share_gradient(
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Sum over ``indices`` of each task's meta-gradient (float64, on the parameters' device), and summed metrics.
 
-    ``vectorize`` runs all tasks as one ``vmap``-ed call: a large win for small
-    models, where Python overhead per task dominates; the loop wins for conv
-    nets on CPU (see benchmarks/). A checkpointed inner loop always runs task by
-    task: checkpointing is plain autograd, which ``vmap`` cannot batch. So does a learner that draws noise, each
-    task with its own (``noise_for``).
+    ``vectorize`` runs all tasks as one ``vmap``-ed call (``runs_vectorized``): a
+    large win for small models, where Python overhead per task dominates; the
+    loop wins for conv nets on CPU (see benchmarks/). Either way the sum is taken
+    in the order of ``indices``, so the same tasks give the same bits: a
+    vmap-ed call's kernels, and their rounding, follow the number of tasks
+    stacked, which is why the cluster computes fixed micro-batches
+    (``cluster.reduction``).
     ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``
     (benchmarks/ measures what it saves). ``pre_adapt`` adds the pre-adaptation
     query metrics, at the cost of a forward pass.
     """
     params, device = unflatten(flat_params, layout), flat_params.device
-    vectorize = vectorize and not algo.checkpoint_inner and not algo.draws_noise
+    vectorize = runs_vectorized(algo, vectorize)
     tasks = draw(source, seed, TRAIN, step, indices, "cpu" if vectorize else device)
     task_grad = task_grad_fn(algo, vectorize, compiled, pre_adapt)
     if vectorize:  # stacked where drawn: one copy to the device per field, not one per task and field

@@ -10,6 +10,7 @@ from cluster.config import ClusterConfig, WorkerSetup
 from meta_core.algorithms import Algorithm
 from meta_core.outer import OuterLoop
 from meta_core.registry import Learner
+from meta_core.step import runs_vectorized, vectorized
 from pipelines.config import Config, ConfigError
 
 
@@ -69,9 +70,20 @@ def check_placeable(cluster: ClusterConfig) -> None:
         )
 
 
+def micro_batch(config: Config) -> int:
+    """``train.micro_batch``, where ``auto`` is the whole meta-batch for tasks that run as one vmap call (on workers
+    with GPUs if ``cluster.num_gpus`` asks for them), whose overhead per call dominates small tasks, and one task for
+    tasks that run one by one, so that every worker gets some."""
+    train = config.train
+    if train.micro_batch != "auto":
+        return train.micro_batch
+    vectorize = vectorized(train.vectorize, config.model.name, on_gpu=config.cluster.num_gpus > 0)
+    return train.meta_batch if runs_vectorized(build_learner(config), vectorize) else 1
+
+
 def worker_setup(config: Config) -> WorkerSetup:
     train, cluster = config.train, config.cluster
     return WorkerSetup(
         learner(config), tasks(config), outer_loop(config), config.seed, train.pre_adapt_every, train.vectorize, train.compile,
-        cluster.num_cpus, cluster.num_gpus,
+        cluster.num_cpus, cluster.num_gpus, micro_batch(config),
     )  # fmt: skip

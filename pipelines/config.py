@@ -53,6 +53,7 @@ class TrainConfig:
     checkpoint_every: int
     checkpoint_dir: str
     vectorize: bool | str
+    micro_batch: int | str  # tasks per micro-batch, or "auto" (pipelines.build.micro_batch)
     compile: bool
     select_on: str  # last: the parameters after the last step | val: the best validated ones
     patience: int | None  # select_on val: stop after this many validations in a row without improvement
@@ -288,6 +289,7 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_every": POSITIVE_INT,
     "train.checkpoint_dir": NAME,
     "train.vectorize": one_of("auto", True, False),
+    "train.micro_batch": ("a positive integer or 'auto'", lambda v: v == "auto" or (is_int(v) and v > 0)),
     "train.compile": BOOLEAN,
     "train.select_on": one_of("last", "val"),
     "train.patience": OPTIONAL_POSITIVE_INT,

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from cluster.allreduce import make_driver
-from cluster.driver import SPREAD, Driver
+from cluster.driver import MetaDriver, make_driver
+from cluster.pool import SPREAD
 from meta_core.algorithms import Algorithm
 from meta_core.flat import Layout, flatten, layout_of, unflatten
 from meta_core.models import Params
@@ -19,7 +19,7 @@ from pipelines.config import Config
 class Session:
     """``flat`` is trained in place by ``steps``; the workers start on first use and stop at ``close``."""
 
-    def __init__(self, config: Config, learner: Algorithm, layout: Layout, flat: torch.Tensor, start_driver: Callable[[], Driver]):
+    def __init__(self, config: Config, learner: Algorithm, layout: Layout, flat: torch.Tensor, start_driver: Callable[[], MetaDriver]):
         self.config, self.learner, self.layout, self.flat = config, learner, layout, flat
         self.optimizer = outer_loop(config).make_optimizer(flat)
         self._start_driver, self._driver = start_driver, None
@@ -35,7 +35,7 @@ class Session:
         return cls(config, learner, layout, flatten(params).clone(), lambda: driver(setup, config.cluster, splits, layout, scheduling=scheduling))
 
     @property
-    def driver(self) -> Driver:
+    def driver(self) -> MetaDriver:
         if self._driver is None:
             self._driver = self._start_driver()
         return self._driver

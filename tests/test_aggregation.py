@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
-from cluster.driver import Driver, split
+from cluster.driver import Driver
+from cluster.pool import split
 from pipelines.build import worker_setup
 from tests.cluster_helpers import config, mean_gradient, reference, start, summed_gradient, train
 
-WORKERS = 3  # 7 tasks as shares of 3, 2 and 2
+WORKERS = 3
+SPREAD = "train.micro_batch=2"  # 7 tasks as micro-batches of 2, 2, 2 and 1: over 3 workers, 4, 2 and 1 tasks
 
 
 def test_seven_tasks_over_three_workers_tell_the_mean_from_a_mean_of_the_shares_means():
@@ -27,7 +29,7 @@ def test_seven_tasks_over_three_workers_tell_the_mean_from_a_mean_of_the_shares_
 
 @pytest.mark.parametrize("workers", [1, WORKERS])
 def test_driver_gradient_is_the_single_process_mean_over_the_meta_batch(ray_local, workers):
-    cfg = config(f"cluster.workers={workers}")
+    cfg = config(f"cluster.workers={workers}", SPREAD)
     _, layout, flat, _ = start(cfg)
     driver = Driver(worker_setup(cfg), cfg.cluster, {"train": None, "test": None}, layout)
     try:
@@ -44,7 +46,7 @@ def test_driver_gradient_is_the_single_process_mean_over_the_meta_batch(ray_loca
     [("driver", 1, 1), ("driver", WORKERS, 1), ("allreduce", 1, 1), ("allreduce", WORKERS, 1), ("allreduce", WORKERS, 2)],
 )
 def test_sgd_steps_end_where_a_single_process_ends(ray_local, aggregation, workers, per_call):
-    cfg = config(f"cluster.workers={workers}", f"cluster.aggregation={aggregation}", f"cluster.steps_per_call={per_call}")
+    cfg = config(f"cluster.workers={workers}", f"cluster.aggregation={aggregation}", f"cluster.steps_per_call={per_call}", SPREAD)
     distributed = train(cfg, AllreduceWorker, driver_cls=AllreduceDriver) if aggregation == "allreduce" else train(cfg)
     expected = reference(cfg)
     assert not np.allclose(expected, start(cfg)[2].numpy())  # it trained

@@ -14,6 +14,7 @@ from cluster.worker import MetaWorker
 from tests.cluster_helpers import config, reference, train
 
 FAULT_STEP = 2
+SPREAD = "train.micro_batch=2"  # every worker gets some of the meta-batch's micro-batches
 
 
 def once(marker: Path) -> bool:
@@ -29,10 +30,10 @@ def killed_mid_step(marker: Path):
     class KilledMidStep(MetaWorker):
         """Kills its own process (SIGKILL, no clean-up) inside the first share of step FAULT_STEP it gets."""
 
-        def meta_gradient(self, flat, step, indices):
+        def meta_gradient(self, flat, step, micro_batches):
             if step == FAULT_STEP and once(marker):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return super().meta_gradient(flat, step, indices)
+            return super().meta_gradient(flat, step, micro_batches)
 
     return KilledMidStep
 
@@ -41,10 +42,10 @@ def straggling(marker: Path, delay_s: float):
     class Straggler(MetaWorker):
         """Takes ``delay_s`` over the first share of step FAULT_STEP it gets."""
 
-        def meta_gradient(self, flat, step, indices):
+        def meta_gradient(self, flat, step, micro_batches):
             if step == FAULT_STEP and once(marker):
                 time.sleep(delay_s)
-            return super().meta_gradient(flat, step, indices)
+            return super().meta_gradient(flat, step, micro_batches)
 
     return Straggler
 
@@ -53,7 +54,7 @@ def test_worker_killed_mid_step_is_replaced_and_parameters_match(ray_local, tmp_
     marker = tmp_path / "killed"
     for workers in (1, 2):  # alone, the share waits for the restarted actor; with two, it moves to the live one
         marker.unlink(missing_ok=True)
-        cfg = config(f"cluster.workers={workers}")
+        cfg = config(f"cluster.workers={workers}", SPREAD)
         expected = reference(cfg)
         faulty = train(cfg, killed_mid_step(marker))
         assert marker.exists(), "the fault was never injected"
@@ -62,7 +63,7 @@ def test_worker_killed_mid_step_is_replaced_and_parameters_match(ray_local, tmp_
 
 def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
     delay_s = 60
-    cfg = config("cluster.workers=2", "cluster.share_timeout_s=3")
+    cfg = config("cluster.workers=2", "cluster.share_timeout_s=3", SPREAD)
     expected = reference(cfg)
     started = time.monotonic()
     slow = train(cfg, straggling(tmp_path / "slow", delay_s))
@@ -73,13 +74,13 @@ def test_straggler_share_is_redispatched_after_the_timeout(ray_local, tmp_path):
 
 def faulty_in_group(marker: Path, fault: str):
     class FaultyInGroup(AllreduceWorker):
-        """Kills its own process, or stalls for a minute, inside the first share of step FAULT_STEP it gets:
+        """Kills its own process, or stalls for a minute, inside the first micro-batch of step FAULT_STEP it gets:
         before the group sums that step's gradients, after it took the steps before (in the same call, at 2 a call)."""
 
-        def share(self, params, step, indices):
+        def micro_batch_gradient(self, params, step, indices):
             if step == FAULT_STEP and once(marker):
                 os.kill(os.getpid(), signal.SIGKILL) if fault == "killed" else time.sleep(60)
-            return super().share(params, step, indices)
+            return super().micro_batch_gradient(params, step, indices)
 
     return FaultyInGroup
 
@@ -89,7 +90,7 @@ def faulty_in_group(marker: Path, fault: str):
     [("killed", "ActorDiedError|RayTaskError", 1), ("straggling", "GetTimeoutError", 1), ("killed", "ActorDiedError|RayTaskError", 2)],
 )
 def test_allreduce_call_that_fails_is_computed_again_by_a_new_group_and_parameters_match(ray_local, tmp_path, fault, seen_as, per_call):
-    cfg = config("cluster.workers=2", "cluster.aggregation=allreduce", "cluster.share_timeout_s=5", f"cluster.steps_per_call={per_call}")
+    cfg = config("cluster.workers=2", "cluster.aggregation=allreduce", "cluster.share_timeout_s=5", f"cluster.steps_per_call={per_call}", SPREAD)
     expected = reference(cfg)
     started = time.monotonic()
     # a lost worker is seen at once (its own death, or its peer's broken connection), a stalled one at the timeout
