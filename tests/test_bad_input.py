@@ -41,10 +41,11 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cluster import driver as cluster_driver
+from cluster import pool as cluster_pool
 from cluster.config import ClusterConfig
 from meta_core.tasks import SinusoidTasks
 from pipelines import lease, serving
+from pipelines.artifacts import Trained
 from pipelines.build import build_learner, check_placeable
 from pipelines.cli import main
 from pipelines.config import ConfigError, digest, load
@@ -126,7 +127,7 @@ def test_workers_the_cluster_cannot_place_are_refused_before_any_starts(ray_loca
     with pytest.raises(ConfigError, match=r"it places 2"):
         check_placeable(ClusterConfig(workers=3, num_cpus=2))  # the local Ray has 4 CPUs
     check_placeable(ClusterConfig(workers=2, num_cpus=2))
-    monkeypatch.setattr(cluster_driver, "STARTUP_S", 5)  # what a worker that never starts would wait for otherwise
+    monkeypatch.setattr(cluster_pool, "STARTUP_S", 5)  # what a worker that never starts would wait for otherwise
     with pytest.raises(ConfigError, match="do not fit"):
         run(load("sinusoid", [*TINY, "cluster.num_cpus=8"]), tracking)
     assert [r.info.status for r in pipeline_runs()] == ["FAILED"]
@@ -283,7 +284,7 @@ def test_the_registered_maximum_travels_with_the_model(tracking, tmp_path):
     with mlflow.start_run() as train_run:
         mlflow.log_artifacts(str(trained_folder(tmp_path / "trained")))
     with mlflow.start_run(run_name="register"):
-        register_stage(config, train_run.info.run_id, {"eval_post_adapt_loss": 1.0})
+        register_stage(config, Trained.download(train_run.info.run_id), {"eval_post_adapt_loss": 1.0})
     model = mlflow.pyfunc.load_model("models:/sine-capped@champion")
     frame = sinusoid_request()
     assert len(model.predict(frame, params={"adapt_steps": 4})) == 4

@@ -54,14 +54,14 @@ def test_share_profile_times_and_counts_each_profiled_step_and_not_the_warm_up(m
     class Worker:
         device = torch.device("cpu")
 
-        def meta_gradient(self, flat, step, indices):
+        def meta_gradient(self, flat, step, micro_batches):
             seen.append(step)
             clock[0] += 1e-3 * step  # step n takes n ms
-            for _ in indices:
+            for _ in (task for micro_batch in micro_batches for task in micro_batch):
                 torch.mm(flat, flat)
 
     monkeypatch.setattr(profile_share, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-    measured = profile_share.profiled_shares(Worker(), torch.ones(2, 2), meta_batch=3, steps=4)
+    measured = profile_share.profiled_shares(Worker(), torch.ones(2, 2), [[0, 1], [2]], steps=4)
     assert seen == list(range(profile_share.WARMUP + 4))
     assert measured["wall_ms"] == pytest.approx(3.5)  # the median of steps 2, 3, 4 and 5, not of the warm-up's 0 and 1
     assert measured["ops"]["aten::mm"][0] == 3  # one call per task per step: the warm-up's calls are not profiled

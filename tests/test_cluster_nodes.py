@@ -45,7 +45,7 @@ def wait_until_dead(node_id: str, wait_s: float = 60) -> None:
 
 @pytest.mark.slow
 def test_node_removed_mid_run_training_goes_on_with_the_nodes_left(two_nodes):
-    cfg = config("cluster.workers=2")
+    cfg = config("cluster.workers=2", "train.micro_batch=2")  # micro-batches for both workers, so both nodes hold work
     ray.init(address=two_nodes.address, log_to_driver=False)
     side = two_nodes.add_node(num_cpus=2)
     two_nodes.wait_for_nodes()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from meta_core.flat import flatten, layout_of
-from meta_core.registry import ALGORITHMS, MODELS
+from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.rl import PointGoals
 from meta_core.step import share_gradient
 from meta_core.tasks import ClassificationTasks, SinusoidTasks
@@ -20,17 +20,15 @@ FEATURES = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)  #
 def tiny(name: str):
     """The algorithm on a small MLP (a policy for RL) and a source of its tasks: 3-way 1-shot over 5 features, else
     the sinusoid, else point navigation (a round of rollouts per inner step and one after)."""
-    kinds = ALGORITHMS[name].kinds
-    if "classification" in kinds:
-        model, kind, source = MODELS["mlp"].make((5,), 3), "classification", ClassificationTasks(FEATURES, 3, 1, 2)
-    elif "regression" in kinds:
-        model, kind, source = MODELS["mlp"].make((1,), 1), "regression", SinusoidTasks(5, 5)
+    spec = ALGORITHMS[name]
+    if "classification" in spec.kinds:
+        model, kind, shape, outputs, source = MODELS["mlp"], "classification", (5,), 3, ClassificationTasks(FEATURES, 3, 1, 2)
+    elif "regression" in spec.kinds:
+        model, kind, shape, outputs, source = MODELS["mlp"], "regression", (1,), 1, SinusoidTasks(5, 5)
     else:
-        model, kind, source = MODELS["policy"].make((2,), 2, width=8), "rl", PointGoals(rollouts=2, horizon=4, rounds=3)
-    options = {"input_shape": (5,)} if kind == "classification" else {}
-    if ALGORITHMS[name].inner_loop:
-        options |= {"inner_steps": 2, "inner_lr": 0.1}
-    algo = ALGORITHMS[name].make(model, kind, **options)
+        model, kind, shape, outputs, source = MODELS["policy"], "rl", (2,), 2, PointGoals(rollouts=2, horizon=4, rounds=3)
+    model_options = {"width": 8} if kind == "rl" else {}
+    algo = Learner(spec, model, kind, shape, outputs, inner_steps=2, inner_lr=0.1, model_options=model_options).build()
     return algo, source, algo.initial_params(0)
 
 

@@ -16,10 +16,10 @@ import torch
 from cluster.allreduce import AllreduceDriver, AllreduceWorker
 from cluster.driver import Driver
 from cluster.worker import MetaWorker
-from pipelines import checkpoint
 from pipelines.build import worker_setup
+from pipelines.checkpoint import Checkpoint, State
 from pipelines.config import Config, ConfigError, load
-from tests.cluster_helpers import splits, start
+from tests.cluster_helpers import session, splits, start
 from tests.test_cluster_faults import FAULT_STEP, killed_mid_step
 
 SHARED = ["train.meta_batch=7", "train.micro_batch=2", "train.optimizer=adam", "train.compile=false", "train.pre_adapt_every=5"]
@@ -54,23 +54,18 @@ class FirstRankLate(AllreduceWorker):
         return result
 
 
-def train(cfg: Config, worker_cls=None, steps: range | None = None, state: dict | None = None) -> tuple[torch.Tensor, torch.optim.Optimizer, list]:
+def train(cfg: Config, worker_cls=None, steps: range | None = None, state: State | None = None) -> tuple[torch.Tensor, torch.optim.Optimizer, list]:
     """Meta-steps ``steps`` (all of ``train.steps``) from ``state`` (a checkpoint's; None: from the initial
     parameters) on ``cluster.aggregation``'s driver; the parameters, the optimizer and every step's metrics."""
-    _, layout, flat, optimizer = start(cfg)
-    if state is not None:
-        with torch.no_grad():
-            flat.copy_(state["flat"])
-        optimizer.load_state_dict(state["optimizer"])
     driver_cls, late_cls = (AllreduceDriver, FirstRankLate) if cfg.cluster.aggregation == "allreduce" else (Driver, FirstLate)
-    driver = driver_cls(worker_setup(cfg), cfg.cluster, splits(cfg), layout, worker_cls or late_cls)
     steps, per_call, metrics = steps or range(cfg.train.steps), cfg.cluster.steps_per_call, []
-    try:
+    with session(cfg, worker_cls or late_cls, driver_cls) as trained:
+        if state is not None:
+            trained.load(state.flat)
+            trained.optimizer.load_state_dict(state.optimizer)
         for first in range(steps.start, steps.stop, per_call):
-            metrics += driver.steps(flat, optimizer, first, min(per_call, steps.stop - first))
-    finally:
-        driver.shutdown()
-    return flat.detach(), optimizer, metrics
+            metrics += trained.steps(first, min(per_call, steps.stop - first))
+    return trained.flat.detach(), trained.optimizer, metrics
 
 
 @functools.cache
@@ -113,10 +108,10 @@ def test_a_run_interrupted_and_resumed_from_its_checkpoint_ends_with_the_same_bi
     cfg = load(None, [*overrides, "cluster.workers=2"])
     half = cfg.train.steps // 2 + 1  # not a multiple of pre_adapt_every: the resumed part starts between two pre-adaptation steps
     flat, optimizer, before = train(cfg, steps=range(half))
-    path = tmp_path / "run.pt"
-    checkpoint.save(path, flat, optimizer, half, stage_key="k")
-    state = checkpoint.load(path, stage_key="k")
-    flat, _, after = train(cfg, steps=range(state["step"], cfg.train.steps), state=state)
+    saved = Checkpoint(tmp_path / "run.pt", stage_key="k")
+    saved.save(State(flat, optimizer.state_dict(), half))
+    state = saved.load()
+    flat, _, after = train(cfg, steps=range(state.step, cfg.train.steps), state=state)
     assert_same_run(overrides, flat, before + after)
 
 
