@@ -3,7 +3,7 @@
 MAML keeps every inner step's activations for the backward pass, so its memory
 grows with the steps; iMAML never differentiates its inner loop, so it should
 stay flat. Each measurement runs in a fresh process, as ``benchmarks/memory.py``
-measures: the peak of memory in use during ``task_grad`` above what was in use
+measures: the peak of memory in use during ``task_gradient`` above what was in use
 before it (glibc's heap on CPU, where the resident set would hide freed and
 reused pages; the allocator's on CUDA).
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(algorithm: str, steps: int, width: int, device: str) -> dict:
-    """Extra peak memory (MiB) and seconds of one ``task_grad`` with ``steps`` inner steps, in this process."""
+    """Extra peak memory (MiB) and seconds of one ``task_gradient`` with ``steps`` inner steps, in this process."""
     import torch
 
     from benchmarks.memory import conv4_learner, extra_peak_mib, shaped_task
@@ -30,9 +30,9 @@ def measure(algorithm: str, steps: int, width: int, device: str) -> dict:
     torch.set_num_threads(1)
     task = shaped_task(5, 15, device)
     algo, params = conv4_learner(algorithm, steps, 0.1, width, device)
-    algo.task_grad(params, shaped_task(5, 1, device))  # load every kernel before the baseline
+    algo.task_gradient(params, shaped_task(5, 1, device))  # load every kernel before the baseline
     started = time.perf_counter()
-    mib = extra_peak_mib(lambda: algo.task_grad(params, task), device)
+    mib = extra_peak_mib(lambda: algo.task_gradient(params, task), device)
     return {"mib": mib, "s": time.perf_counter() - started}
 
 

@@ -1,7 +1,7 @@
 """Peak memory of one task's meta-gradient against inner steps: second-order MAML, first-order MAML, and
 second-order MAML with a checkpointed inner loop; Omniglot-shaped (28x28) or mini-ImageNet-shaped (3x84x84).
 
-Each figure is measured in a fresh process, during one ``task_grad`` of a 5-way
+Each figure is measured in a fresh process, during one ``task_gradient`` of a 5-way
 1-shot, 15-query task on conv4, above what was in use just before it: on CUDA
 the allocator's peak; on CPU the peak of glibc's heap in use (``mallinfo2``),
 read after every tensor operation. Resident-set peaks would not do on CPU: the
@@ -94,10 +94,10 @@ def measure(spec: dict) -> dict:
     task, warmup = (shaped_task(1, queries, device, spec["shape"]) for queries in (15, 1))
     name, options = VARIANTS[spec["variant"]]
     algo, params = conv4_learner(name, spec["inner_steps"], 0.4, spec["width"], device, spec["shape"], **options)
-    algo.task_grad(params, warmup)  # every module and kernel this variant uses is loaded before the baseline
-    extra = extra_peak_mib(lambda: algo.task_grad(params, task), device)
+    algo.task_gradient(params, warmup)  # every module and kernel this variant uses is loaded before the baseline
+    extra = extra_peak_mib(lambda: algo.task_gradient(params, task), device)
     started = time.perf_counter()  # timed again, outside the measurement
-    algo.task_grad(params, task)
+    algo.task_gradient(params, task)
     finished(device)
     return {"mib": extra, "s": time.perf_counter() - started}
 

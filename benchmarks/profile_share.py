@@ -29,16 +29,16 @@ WARMUP = 2  # steps: the first takes any compiling, and step 0 the pre-adaptatio
 
 
 def profiled_shares(worker, flat, micro_batches: list[list[int]], steps: int) -> dict:
-    """Median wall ms of ``worker.meta_gradient`` over the whole meta-batch, and per operator its calls and self
+    """Median wall ms of ``worker.micro_batch_gradients`` over the whole meta-batch, and per operator its calls and self
     CPU and device ms, each per step. Runs wherever ``worker`` lives: in an actor through ``__ray_call__``, or here."""
     for step in range(WARMUP):
-        worker.meta_gradient(flat, step, micro_batches)
+        worker.micro_batch_gradients(flat, step, micro_batches)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if worker.device.type == "cuda" else [])
     walls = []
     with profile(activities=activities) as prof:
         for step in range(WARMUP, WARMUP + steps):
             started = time.perf_counter()
-            worker.meta_gradient(flat, step, micro_batches)  # ends with the sum copied to the host: the device is done
+            worker.micro_batch_gradients(flat, step, micro_batches)  # ends with the sum copied to the host: the device is done
             walls.append(time.perf_counter() - started)
     ops = {e.key: (e.count / steps, e.self_cpu_time_total / 1e3 / steps, e.self_device_time_total / 1e3 / steps) for e in prof.key_averages()}
     return {"wall_ms": 1e3 * statistics.median(walls), "ops": ops}

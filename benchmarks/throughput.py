@@ -55,7 +55,7 @@ def measure(spec: dict) -> dict:
     from cluster.driver import connect, make_driver
     from cluster.worker import reuse_freed_memory
     from meta_core.flat import flatten, layout_of
-    from meta_core.step import draw, share_gradient
+    from meta_core.step import draw, micro_batch_gradient
     from meta_core.tasks import TRAIN
     from pipelines.build import build_learner, outer_loop, task_source, worker_setup
 
@@ -91,7 +91,7 @@ def measure(spec: dict) -> dict:
         optimizer = outer_loop(config).make_optimizer(flat)
 
         def step(i: int) -> None:  # without pre-adaptation metrics, as workers on all but every train.pre_adapt_every-th step
-            grad, _ = share_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap", train.compile, pre_adapt=False)
+            grad, _ = micro_batch_gradient(algo, source, flat, layout, seed, i, tasks, spec["mode"] == "vmap", train.compile, pre_adapt=False)
             flat.grad = (grad / train.meta_batch).float()
             optimizer.step()
     else:

@@ -39,7 +39,7 @@ def measure(spec: dict) -> dict:
     from cluster.worker import reuse_freed_memory
     from meta_core.flat import flatten, layout_of
     from meta_core.step import draw, evaluate_tasks
-    from meta_core.tasks import EVAL, TRAIN
+    from meta_core.tasks import TEST, TRAIN
     from pipelines.build import build_learner, outer_loop, task_source, worker_setup
 
     spec = {**DEFAULTS, **spec}
@@ -79,7 +79,7 @@ def measure(spec: dict) -> dict:
         finished(spec["device"])
         trained += time.perf_counter() - started
         if (i + 1) % spec["eval_every"] == 0:
-            per_task = evaluate_tasks(algo, sources["test"], current(), layout, seed, EVAL, range(spec["eval_tasks"]), [1])
+            per_task = evaluate_tasks(algo, sources["test"], current(), layout, seed, TEST, range(spec["eval_tasks"]), [1])
             curve.append((i + 1, round(trained, 1), round(float(per_task["steps1_acc"].mean()), 4)))
             if curve[-1][2] >= spec["target"]:
                 reached = trained

@@ -76,12 +76,12 @@ class Driver:
     def workers(self) -> list[ray.actor.ActorHandle]:
         return self.pool.workers
 
-    def gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
+    def mean_gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
         """Mean meta-gradient (float64) over the meta-batch of ``step``, and mean metrics: each worker computes a
         contiguous run of micro-batches, and their sums are added in micro-batch index order."""
         params = broadcast(flat)
         runs = [[self.micro_batches[k] for k in run] for run in split(len(self.micro_batches), len(self.workers))]
-        results = self.pool.run("meta_gradient", [(params, step, run) for run in runs])
+        results = self.pool.run("micro_batch_gradients", [(params, step, run) for run in runs])
         gradients = (g for (wire, _), run in zip(results, runs, strict=True) for g in from_wire(wire, np.float64).reshape(len(run), -1))
         return mean_gradient(gradients, self.meta_batch), mean_metrics((m for _, metrics in results for m in metrics), self.meta_batch)
 
@@ -93,7 +93,7 @@ class Driver:
         """
         metrics = []
         for step in range(first, first + count):
-            grad, step_metrics = self.gradient(flat.detach().numpy(), step)
+            grad, step_metrics = self.mean_gradient(flat.detach().numpy(), step)
             flat.grad = torch.from_numpy(grad.astype(np.float32))
             optimizer.step()
             metrics.append(step_metrics)

@@ -9,7 +9,7 @@ import torch
 
 from cluster.config import WorkerSetup
 from meta_core.flat import Layout
-from meta_core.step import evaluate_tasks, share_gradient, vectorized
+from meta_core.step import evaluate_tasks, micro_batch_gradient, vectorized
 from meta_core.tasks import STREAMS
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
@@ -79,9 +79,11 @@ class MetaWorker:
         """Summed meta-gradient (float64, on the worker's device) and metrics of one micro-batch at ``params``; pre-adaptation metrics every few steps."""
         pre_adapt = step % self.pre_adapt_every == 0
         train = self.sources["train"]
-        return share_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled, pre_adapt)
+        return micro_batch_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled, pre_adapt)
 
-    def meta_gradient(self, flat: np.ndarray | bytes, step: int, micro_batches: list[list[int]]) -> tuple[np.ndarray | bytes, list[dict[str, float]]]:
+    def micro_batch_gradients(
+        self, flat: np.ndarray | bytes, step: int, micro_batches: list[list[int]]
+    ) -> tuple[np.ndarray | bytes, list[dict[str, float]]]:
         """Each micro-batch's summed meta-gradient, float64, one row each (``to_wire``), and each one's summed metrics."""
         params = self.params(flat)
         totals, sums = zip(*(self.micro_batch_gradient(params, step, indices) for indices in micro_batches), strict=True)

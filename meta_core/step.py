@@ -33,18 +33,18 @@ def vectorized(choice: bool | str, model: str, on_gpu: bool) -> bool:
 
 
 def runs_vectorized(algo: Algorithm, vectorize: bool) -> bool:
-    """Whether ``share_gradient`` runs its tasks as one ``vmap`` call: as asked, except a checkpointed inner loop
+    """Whether ``micro_batch_gradient`` runs its tasks as one ``vmap`` call: as asked, except a checkpointed inner loop
     (plain autograd, which ``vmap`` cannot batch) and a learner that draws noise (each task with its own), which run
     task by task."""
     return vectorize and not algo.checkpoint_inner and not algo.draws_noise
 
 
 @functools.cache
-def task_grad_fn(algo: Algorithm, vectorize: bool, compiled: bool, pre_adapt: bool):
-    """``algo.task_grad`` (with or without the pre-adaptation metrics), or its ``vmap`` over a stack of tasks;
+def task_gradient_fn(algo: Algorithm, vectorize: bool, compiled: bool, pre_adapt: bool):
+    """``algo.task_gradient`` (with or without the pre-adaptation metrics), or its ``vmap`` over a stack of tasks;
     with ``compiled``, ``torch.compile``-d once per algorithm object and flags (it recompiles only for new task
     shapes)."""
-    fn = functools.partial(algo.task_grad, pre_adapt=pre_adapt)
+    fn = functools.partial(algo.task_gradient, pre_adapt=pre_adapt)
     fn = vmap(fn, in_dims=(None, 0)) if vectorize else fn
     return compiled_or_eager(fn) if compiled else fn
 
@@ -70,7 +70,7 @@ def compiled_or_eager(fn):
     return call
 
 
-def share_gradient(
+def micro_batch_gradient(
     algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool,
     compiled: bool = False, pre_adapt: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
@@ -90,9 +90,9 @@ def share_gradient(
     params, device = unflatten(flat_params, layout), flat_params.device
     vectorize = runs_vectorized(algo, vectorize)
     tasks = draw(source, seed, TRAIN, step, indices, "cpu" if vectorize else device)
-    task_grad = task_grad_fn(algo, vectorize, compiled, pre_adapt)
+    task_gradient = task_gradient_fn(algo, vectorize, compiled, pre_adapt)
     if vectorize:  # stacked where drawn: one copy to the device per field, not one per task and field
-        grads, metrics = task_grad(params, stack(tasks).to(device))
+        grads, metrics = task_gradient(params, stack(tasks).to(device))
         total = flatten({k: g.sum(0, dtype=torch.float64) for k, g in grads.items()}, torch.float64)
         sums = {k: float(v.double().sum()) for k, v in metrics.items()}
     else:
@@ -100,7 +100,7 @@ def share_gradient(
         sums: dict[str, float] = {}
         for index, task in zip(indices, tasks, strict=True):
             with noise_for(algo, device, seed, TRAIN, step, index):
-                grads, metrics = task_grad(params, task)
+                grads, metrics = task_gradient(params, task)
             total += flatten(grads, torch.float64)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)

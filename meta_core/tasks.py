@@ -13,9 +13,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-TRAIN, EVAL = 0, 1  # streams: training tasks and held-out evaluation tasks never share keys
+TRAIN, TEST = 0, 1  # streams: training tasks and held-out test tasks never share keys
 VALID = 2  # validation tasks, which a sweep selects on, so the test tasks never tune anything
-STREAMS = {"train": TRAIN, "val": VALID, "test": EVAL}  # the stream each split's tasks are drawn from
+STREAMS = {"train": TRAIN, "val": VALID, "test": TEST}  # the stream each split's tasks are drawn from
 NOISE = 3  # the first spawn key of the noise a learner draws for a task, apart from every stream of examples
 
 

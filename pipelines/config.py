@@ -145,12 +145,12 @@ def plain(value):
     return value
 
 
-def flatten(config: dict, prefix: str = "") -> dict:
+def dotted_keys(config: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
+            out.update(dotted_keys(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -362,7 +362,7 @@ def spec_options(section: str, raw: dict, common: tuple[str, ...], name: str, op
 
 def from_dict(config: dict) -> Config:
     """A ``Config`` from a merged YAML mapping, or a ``ConfigError`` naming the first bad key."""
-    for key, value in flatten(config).items():
+    for key, value in dotted_keys(config).items():
         if key in RULES:
             check(key, value, RULES[key])
         elif key.startswith("cluster.resources."):

@@ -32,8 +32,7 @@ from pipelines import tracking
 from pipelines.build import prepared
 from pipelines.checkpoint import Checkpoint
 from pipelines.compare import trials_table
-from pipelines.config import Config, ConfigError, digest, from_dict, load
-from pipelines.config import flatten as flat_keys
+from pipelines.config import Config, ConfigError, digest, dotted_keys, from_dict, load
 from pipelines.pipeline import load_splits, run, search, tracked_run
 from pipelines.selection import Metric
 from pipelines.session import Session
@@ -124,7 +123,7 @@ class TrialRuns(tune.Callback):
         }  # fmt: skip
         client = MlflowClient()
         created = client.create_run(self.sweep.experiment_id, run_name=trial.trial_id, tags=tags)
-        client.log_batch(created.info.run_id, params=[Param(k, str(v)) for k, v in flat_keys(config.as_dict()).items()])
+        client.log_batch(created.info.run_id, params=[Param(k, str(v)) for k, v in dotted_keys(config.as_dict()).items()])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         stopped = trial.last_result.get("step", 0) < self.sweep.trial_steps
@@ -220,7 +219,7 @@ def start(
     }  # fmt: skip
     with tracked_run(run_name=f"sweep-{tracking.run_name(config)}", tags=tags) as parent:
         sweep = Sweep(parent.info.run_id, experiment.experiment_id, uri, config, storage, dataset, space.trials(samples))
-        fixed = {k: str(v) for k, v in flat_keys(config.as_dict()).items() if k not in space.searched}
+        fixed = {k: str(v) for k, v in dotted_keys(config.as_dict()).items() if k not in space.searched}
         mlflow.log_params({"samples": samples, "max_concurrent": concurrent, **fixed})
         mlflow.log_dict(config.as_dict(), "config.yaml")
         mlflow.log_text(Path(space_path).read_text(), "space.yaml")
@@ -284,7 +283,7 @@ def best_config(sweep: Sweep, best) -> Config:
 
 def run_command(config_name: str, config: Config) -> str:
     """``python -m pipelines run CONFIG --set ...`` for ``config``: a ``--set`` for every key where it differs from CONFIG."""
-    named, wanted = flat_keys(load(config_name).as_dict()), flat_keys(config.as_dict())
+    named, wanted = dotted_keys(load(config_name).as_dict()), dotted_keys(config.as_dict())
     sets = [f"{k}={yaml_value(v)}" for k, v in wanted.items() if v != named.get(k) and not k.startswith("sweep.")]
     return shlex.join(["python", "-m", "pipelines", "run", config_name, *(arg for s in sets for arg in ("--set", s))])
 

@@ -10,7 +10,7 @@ import yaml
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import Config, ConfigError, digest, flatten
+from pipelines.config import Config, ConfigError, digest, dotted_keys
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -69,7 +69,7 @@ def tags(config: Config) -> dict[str, str]:
 
 def log_config(config: Config) -> None:
     """The flattened config as params (dotted keys) and the whole config as an artifact."""
-    mlflow.log_params({k: str(v) for k, v in flatten(config.as_dict()).items()})
+    mlflow.log_params({k: str(v) for k, v in dotted_keys(config.as_dict()).items()})
     mlflow.log_dict(config.as_dict(), "config.yaml")
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from cluster.driver import Driver
-from meta_core.step import share_gradient, vectorized
+from meta_core.step import micro_batch_gradient, vectorized
 from pipelines.build import build_learner, prepared, task_source
 from pipelines.config import Config, load
 from pipelines.pipeline import load_splits
@@ -52,7 +52,7 @@ def train(config: Config, worker_cls=None, between_steps=lambda step, driver: No
 def summed_gradient(config: Config, flat: torch.Tensor, layout, step: int, indices) -> torch.Tensor:
     """The meta-gradients of tasks ``indices`` of ``step`` at ``flat``, summed in this process."""
     vectorize = vectorized(config.train.vectorize, config.model.name, on_gpu=False)
-    total, _ = share_gradient(build_learner(config), task_source(config), flat, layout, config.seed, step, indices, vectorize)
+    total, _ = micro_batch_gradient(build_learner(config), task_source(config), flat, layout, config.seed, step, indices, vectorize)
     return total
 
 

@@ -33,7 +33,7 @@ def test_driver_gradient_is_the_single_process_mean_over_the_meta_batch(ray_loca
     _, layout, flat, _ = start(cfg)
     driver = Driver(worker_setup(cfg), cfg.cluster, {"train": None, "test": None}, layout)
     try:
-        gradients = [driver.gradient(flat.numpy(), step)[0] for step in (0, 1)]
+        gradients = [driver.mean_gradient(flat.numpy(), step)[0] for step in (0, 1)]
     finally:
         driver.shutdown()
     for step, gradient in enumerate(gradients):

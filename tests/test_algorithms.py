@@ -51,7 +51,7 @@ def ours(name, setup):
     model, kind, task = setup()
     algo = ALGORITHMS[name].make(model, kind, inner_steps=STEPS, inner_lr=LR)
     params = algo.initial_params(1)
-    grads, metrics = algo.task_grad(params, task)
+    grads, metrics = algo.task_gradient(params, task)
     return model, kind, task, params, grads, metrics
 
 

@@ -46,7 +46,7 @@ def test_every_image_algorithm_meta_trains_a_colour_backbone(model, algorithm):
     net = MODELS[model].make((3, 16, 16), ALGORITHMS[algorithm].head(3), width=4)
     params = algo.initial_params(0)
     with seeded_noise("cpu", 0, 0):
-        grads, metrics = algo.task_grad(params, colour_task())
+        grads, metrics = algo.task_gradient(params, colour_task())
     assert grads.keys() == params.keys() and torch.isfinite(metrics["meta_loss"])
     body = [k for k in grads if k.startswith("body.") and "weight" in k]
     assert body and all(grads[k].abs().sum() > 0 for k in body)  # the meta-gradient reaches every block
@@ -114,12 +114,12 @@ def test_maml_meta_gradient_through_resnet12_matches_the_reference():
     net, params = perturbed_resnet12()
     task = colour_task(side=20)
     task = Task(task.support_x.double(), task.support_y, task.query_x.double(), task.query_y)
-    grads, metrics = ALGORITHMS["maml"].make(net, "classification", inner_steps=2, inner_lr=0.1).task_grad(params, task)
+    grads, metrics = ALGORITHMS["maml"].make(net, "classification", inner_steps=2, inner_lr=0.1).task_gradient(params, task)
     expected, query_loss = reference_maml_gradient(params, task, steps=2, lr=0.1)
     torch.testing.assert_close(grads, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(metrics["meta_loss"], query_loss)
     checkpointed = ALGORITHMS["maml"].make(net, "classification", inner_steps=2, inner_lr=0.1, checkpoint_inner=True)
-    torch.testing.assert_close(checkpointed.task_grad(params, task)[0], expected, rtol=0, atol=1e-5)  # memory for time, same gradient
+    torch.testing.assert_close(checkpointed.task_gradient(params, task)[0], expected, rtol=0, atol=1e-5)  # memory for time, same gradient
 
 
 @pytest.mark.slow

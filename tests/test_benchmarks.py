@@ -54,7 +54,7 @@ def test_share_profile_times_and_counts_each_profiled_step_and_not_the_warm_up(m
     class Worker:
         device = torch.device("cpu")
 
-        def meta_gradient(self, flat, step, micro_batches):
+        def micro_batch_gradients(self, flat, step, micro_batches):
             seen.append(step)
             clock[0] += 1e-3 * step  # step n takes n ms
             for _ in (task for micro_batch in micro_batches for task in micro_batch):

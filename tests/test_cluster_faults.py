@@ -30,10 +30,10 @@ def killed_mid_step(marker: Path):
     class KilledMidStep(MetaWorker):
         """Kills its own process (SIGKILL, no clean-up) inside the first share of step FAULT_STEP it gets."""
 
-        def meta_gradient(self, flat, step, micro_batches):
+        def micro_batch_gradients(self, flat, step, micro_batches):
             if step == FAULT_STEP and once(marker):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return super().meta_gradient(flat, step, micro_batches)
+            return super().micro_batch_gradients(flat, step, micro_batches)
 
     return KilledMidStep
 
@@ -42,10 +42,10 @@ def straggling(marker: Path, delay_s: float):
     class Straggler(MetaWorker):
         """Takes ``delay_s`` over the first share of step FAULT_STEP it gets."""
 
-        def meta_gradient(self, flat, step, micro_batches):
+        def micro_batch_gradients(self, flat, step, micro_batches):
             if step == FAULT_STEP and once(marker):
                 time.sleep(delay_s)
-            return super().meta_gradient(flat, step, micro_batches)
+            return super().micro_batch_gradients(flat, step, micro_batches)
 
     return Straggler
 

@@ -10,7 +10,7 @@ import torch
 from meta_core.flat import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.rl import PointGoals
-from meta_core.step import share_gradient
+from meta_core.step import micro_batch_gradient
 from meta_core.tasks import ClassificationTasks, SinusoidTasks
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
 
@@ -33,7 +33,7 @@ def tiny(name: str):
 
 
 def meta_gradient(algo, source, params, compiled: bool) -> np.ndarray:
-    total, _ = share_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(2), vectorize=False, compiled=compiled)
+    total, _ = micro_batch_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(2), vectorize=False, compiled=compiled)
     return total.numpy()
 
 

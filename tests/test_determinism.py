@@ -37,8 +37,8 @@ class FirstLate(MetaWorker):
     """Answers late when it holds the meta-batch's first micro-batch, on a ``late`` step: the other workers'
     micro-batches arrive first."""
 
-    def meta_gradient(self, flat, step, micro_batches):
-        result = super().meta_gradient(flat, step, micro_batches)
+    def micro_batch_gradients(self, flat, step, micro_batches):
+        result = super().micro_batch_gradients(flat, step, micro_batches)
         if late(step) and micro_batches[0][0] == 0:
             time.sleep(LATE_S)
         return result
@@ -133,7 +133,7 @@ def test_the_float64_mean_gradient_is_the_same_whatever_arrives_first(ray_local)
         _, layout, flat, _ = start(cfg)
         driver = Driver(worker_setup(cfg), cfg.cluster, splits(cfg), layout, FirstLate)
         try:
-            gradients[workers] = [driver.gradient(flat.numpy(), step) for step in range(1, 4 * LATE_EVERY, LATE_EVERY)]
+            gradients[workers] = [driver.mean_gradient(flat.numpy(), step) for step in range(1, 4 * LATE_EVERY, LATE_EVERY)]
         finally:
             driver.shutdown()
     for workers in (2, 3):

@@ -13,8 +13,8 @@ from torch.func import functional_call
 from meta_core.algorithms.mann import MemoryNetwork
 from meta_core.flat import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS, Learner
-from meta_core.step import evaluate_tasks, share_gradient
-from meta_core.tasks import EVAL, ClassificationTasks, Task, task_rng
+from meta_core.step import evaluate_tasks, micro_batch_gradient
+from meta_core.tasks import TEST, ClassificationTasks, Task, task_rng
 from pipelines.config import ConfigError, load
 from pipelines.pipeline import run
 
@@ -80,7 +80,7 @@ def test_imaml_meta_gradient_is_the_exact_implicit_gradient_on_a_quadratic():
     lam = 2.0
     algo = ALGORITHMS["imaml"].make(nn.Linear(3, 1), "regression", inner_steps=300, inner_lr=0.1, lam=lam, cg_steps=4)
     theta = {"weight": torch.tensor([[0.3, -0.2, 0.5]]), "bias": torch.tensor([0.1])}
-    grads, metrics = algo.task_grad(theta, task)
+    grads, metrics = algo.task_gradient(theta, task)
 
     def design(inputs):  # [x, 1], so that w = [weight, bias]
         return torch.cat([inputs, torch.ones(len(inputs), 1)], 1).double()
@@ -95,7 +95,7 @@ def test_imaml_meta_gradient_is_the_exact_implicit_gradient_on_a_quadratic():
     torch.testing.assert_close(grads["weight"], exact[:3].T, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads["bias"], exact[3], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(metrics["post_adapt_loss"], F.mse_loss(xq @ phi, yq).float(), rtol=1e-4, atol=1e-6)
-    coarse, _ = ALGORITHMS["imaml"].make(nn.Linear(3, 1), "regression", inner_steps=300, inner_lr=0.1, lam=lam, cg_steps=1).task_grad(theta, task)
+    coarse, _ = ALGORITHMS["imaml"].make(nn.Linear(3, 1), "regression", inner_steps=300, inner_lr=0.1, lam=lam, cg_steps=1).task_gradient(theta, task)
     assert (coarse["weight"] - grads["weight"]).abs().max() > 1e-3  # the conjugate-gradient steps matter
 
 
@@ -109,7 +109,7 @@ def test_prototypes_and_their_logits_match_a_direct_computation():
         return torch.stack([torch.stack([-((q - c) ** 2).sum() for c in centres]) for q in query])
 
     torch.testing.assert_close(logits(algo, params, task), direct(params), rtol=1e-4, atol=1e-4)
-    grads, metrics = algo.task_grad(params, task)
+    grads, metrics = algo.task_gradient(params, task)
     assert_grads_close(grads, reference_grad(params, direct, task))
     assert metrics["pre_adapt_loss"] == metrics["post_adapt_loss"] == metrics["meta_loss"]
 
@@ -127,7 +127,7 @@ def test_matching_attention_matches_a_direct_computation():
         return torch.stack(rows).log()
 
     torch.testing.assert_close(logits(algo, params, task), direct(params), rtol=1e-4, atol=1e-5)
-    assert_grads_close(algo.task_grad(params, task)[0], reference_grad(params, direct, task))
+    assert_grads_close(algo.task_gradient(params, task)[0], reference_grad(params, direct, task))
 
 
 def test_mann_writes_each_new_key_to_the_least_used_slot():
@@ -159,12 +159,12 @@ def meta_train(algo, params, source, steps: int, lr: float) -> dict:
     layout, flat = layout_of(params), flatten(params).clone()
     optimizer = torch.optim.Adam([flat], lr=lr)
     adapt = [max(1, algo.inner_steps)]
-    before = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), adapt)
+    before = evaluate_tasks(algo, source, flat, layout, 0, TEST, range(16), adapt)
     for step in range(steps):
-        grad, _ = share_gradient(algo, source, flat, layout, 0, step, range(4), vectorize=False)
+        grad, _ = micro_batch_gradient(algo, source, flat, layout, 0, step, range(4), vectorize=False)
         flat.grad = (grad / 4).float()
         optimizer.step()
-    after = evaluate_tasks(algo, source, flat, layout, 0, EVAL, range(16), adapt)
+    after = evaluate_tasks(algo, source, flat, layout, 0, TEST, range(16), adapt)
     return {k.replace(f"steps{adapt[0]}", "adapted"): (before[k].mean(), after[k].mean()) for k in before}
 
 

@@ -48,8 +48,8 @@ def test_zero_hallucinated_examples_is_the_base_learner_exactly(name, base):
     assert plain_params.keys() < params.keys() and all(torch.equal(plain_params[k], params[k]) for k in plain_params)
     task = episode()
     assert torch.equal(seeded(logits, algo, params, task), logits(plain, plain_params, task))
-    grads, _ = seeded(algo.task_grad, params, task)
-    expected, _ = plain.task_grad(plain_params, task)
+    grads, _ = seeded(algo.task_gradient, params, task)
+    expected, _ = plain.task_gradient(plain_params, task)
     assert all(torch.equal(grads[k], expected[k]) for k in expected)
     assert all(not g.any() for g in generator_grads(grads).values())
 
@@ -65,7 +65,7 @@ def test_hallucinated_examples_join_the_support_set_and_the_generator_learns_thr
     assert torch.equal(labels[len(embeddings) :].bincount(), torch.full((WAYS,), 4))  # 4 of each class, labelled as their seeds
     none, _ = make(name, generated=0)
     assert not torch.allclose(seeded(logits, algo, params, task), logits(none, params, task))  # they move the prototypes / attention
-    grads, _ = seeded(algo.task_grad, params, task)
+    grads, _ = seeded(algo.task_gradient, params, task)
     assert generator_grads(grads) and all(g.abs().sum() > 0 for g in generator_grads(grads).values())
 
 
@@ -111,7 +111,7 @@ def reference(algo, params, task, support_noise, query_noise) -> tuple[dict, tor
 
 def test_metagan_trains_the_generator_on_its_adversarial_loss_through_the_adapted_learner():
     algo, params, task = metagan()
-    grads, metrics = algo.task_grad(params, task)
+    grads, metrics = algo.task_gradient(params, task)
     support_noise, query_noise = algo.noise_batches[:2]
     expected, loss, _ = reference(algo, params, task, support_noise, query_noise)
     got = {k.removeprefix(GENERATOR): g for k, g in generator_grads(grads).items()}
@@ -132,13 +132,13 @@ def test_metagan_fakes_change_the_adapted_learner():
 def test_metagan_trains_a_ways_plus_one_head_and_predicts_over_the_real_classes():
     algo, params, task = metagan()
     assert algo.model.head.out_features == WAYS + 1 and params["head.weight"].shape[0] == WAYS + 1
-    grads, _ = algo.task_grad(params, task)
+    grads, _ = algo.task_gradient(params, task)
     assert grads["head.weight"][WAYS].abs().sum() > 0  # the "fake" class's row is trained
     # a "fake" logit that wins every query: counted, it would make every answer wrong; the metrics leave it out
     fake_wins = {**params, "head.bias": params["head.bias"].clone().index_fill(0, torch.tensor([WAYS]), 100.0)}
     queue = iter(algo.noise_batches[2:])
     algo.draw = lambda like: next(queue)
-    _, metrics = algo.task_grad(fake_wins, task)
+    _, metrics = algo.task_gradient(fake_wins, task)
     _, _, logits = reference(algo, fake_wins, task, *algo.noise_batches[2:4])
     assert (logits.argmax(-1) == WAYS).all()
     accuracy = (logits[:, :WAYS].argmax(-1) == task.query_y).float().mean()
@@ -159,7 +159,7 @@ def test_metagan_checkpointed_inner_loop_gives_the_same_meta_gradient():
     grads = {}
     for checkpointed in (False, True):
         algo, params = make("metagan", inner_steps=2, inner_lr=0.4, checkpoint_inner=checkpointed)
-        grads[checkpointed], _ = seeded(algo.task_grad, params, task)
+        grads[checkpointed], _ = seeded(algo.task_gradient, params, task)
     for k in grads[False]:
         torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-4, atol=1e-6)
 
@@ -171,13 +171,13 @@ def test_noise_follows_the_task_key_not_the_worker():
     tasks = [source.sample(task_rng(0, 0, 5, i)) for i in range(2)]
     first = [seeded_noise("cpu", 0, 0, 5, i) for i in range(2)]
     with first[1]:
-        late, _ = algo.task_grad(params, tasks[1])
+        late, _ = algo.task_gradient(params, tasks[1])
     with first[0]:
-        algo.task_grad(params, tasks[0])
+        algo.task_gradient(params, tasks[0])
     with seeded_noise("cpu", 0, 0, 5, 1):
-        again, _ = algo.task_grad(params, tasks[1])
+        again, _ = algo.task_gradient(params, tasks[1])
     with seeded_noise("cpu", 0, 0, 5, 0):
-        other_noise, _ = algo.task_grad(params, tasks[1])
+        other_noise, _ = algo.task_gradient(params, tasks[1])
     assert all(torch.equal(late[k], again[k]) for k in late)
     assert not torch.equal(late["generator.0.weight"], other_noise["generator.0.weight"])
 
@@ -206,7 +206,7 @@ def test_a_users_table_of_features_or_images(tmp_path, name, images):
     algo, splits = build_learner(cfg), data.load_splits(prepared(cfg))
     assert cfg.model.name == ("conv4" if images else "mlp")
     task = task_source(cfg, splits["train"]).sample(task_rng(0, 0, 0, 0))
-    grads, metrics = seeded(algo.task_grad, algo.initial_params(0), task)
+    grads, metrics = seeded(algo.task_gradient, algo.initial_params(0), task)
     assert all(g.abs().sum() > 0 for g in generator_grads(grads).values()) and np.isfinite(float(metrics["meta_loss"]))
     assert answer(algo, algo.initial_params(0), task.support_x, task.support_y, task.query_x).shape == (4, 2)
 

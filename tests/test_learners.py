@@ -45,7 +45,7 @@ def test_training_evaluation_and_serving_adapt_the_same_way(name, options):
     params = algo.initial_params(0)
     task = ClassificationTasks(class_images(), WAYS, 2, 3).sample(task_rng(0, 0, 0, 0))
     with seeded_noise("cpu", PREDICTION_SEED):
-        _, trained = algo.task_grad(params, task)
+        _, trained = algo.task_gradient(params, task)
     with seeded_noise("cpu", PREDICTION_SEED):
         evaluated = algo.evaluate(params, task, [1, INNER_STEPS, 3])
     for metric in ("loss", "acc"):

@@ -7,8 +7,8 @@ import torch
 from meta_core.flat import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.rl import MAX_STEP, PointGoals, advantages, rollout
-from meta_core.step import evaluate_tasks, share_gradient
-from meta_core.tasks import EVAL, task_rng
+from meta_core.step import evaluate_tasks, micro_batch_gradient
+from meta_core.tasks import TEST, task_rng
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
 
 
@@ -32,7 +32,7 @@ def test_a_rollout_moves_by_clipped_actions_and_is_rewarded_minus_the_distance_t
 def test_a_task_draw_fixes_its_rollouts_and_meta_gradient():
     algo, params = policy_learner(1)
     source = PointGoals(rollouts=4, horizon=8, rounds=2)
-    first, again, other = (algo.task_grad(params, source.sample(task_rng(0, 0, 3, i))) for i in (0, 0, 1))
+    first, again, other = (algo.task_gradient(params, source.sample(task_rng(0, 0, 3, i))) for i in (0, 0, 1))
     for k in params:
         assert torch.equal(first[0][k], again[0][k])
     assert any(not torch.allclose(first[0][k], other[0][k]) for k in params)
@@ -52,7 +52,7 @@ def trained(inner_steps: int, rollouts: int, steps: int = 100, meta_batch: int =
     optimizer = torch.optim.Adam([flat], lr=0.01)
     source = PointGoals(rollouts, horizon=20, rounds=inner_steps + 1)
     for step in range(steps):
-        grad, _ = share_gradient(algo, source, flat, layout, 0, step, range(meta_batch), vectorize=True)
+        grad, _ = micro_batch_gradient(algo, source, flat, layout, 0, step, range(meta_batch), vectorize=True)
         flat.grad = (grad / meta_batch).float()
         optimizer.step()
     return algo, layout, flat
@@ -64,7 +64,7 @@ def test_meta_learned_policy_adapts_to_new_goals_in_one_step_better_than_a_joint
     results = {}
     for name, inner, rollouts in (("maml", 1, 10), ("joint", 0, 20)):
         algo, layout, flat = trained(inner, rollouts)
-        per_task = evaluate_tasks(algo, PointGoals(10, 20, 2), flat, layout, 0, EVAL, range(40), [1])
+        per_task = evaluate_tasks(algo, PointGoals(10, 20, 2), flat, layout, 0, TEST, range(40), [1])
         results[name] = {k: float(v.mean()) for k, v in per_task.items()}
     assert results["maml"]["steps1_loss"] < 0.8 * results["joint"]["steps1_loss"], results
     assert results["maml"]["steps1_loss"] < results["maml"]["steps0_loss"], results  # the one step is what helps

@@ -16,7 +16,7 @@ from cluster.driver import make_driver
 from cluster.worker import INLINE_BYTES, from_wire, to_wire
 from meta_core.flat import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS
-from meta_core.step import draw, share_gradient
+from meta_core.step import draw, micro_batch_gradient
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
 from pipelines.build import build_learner, outer_loop, worker_setup
 from pipelines.config import CONFIG_DIR, ConfigError, load
@@ -37,7 +37,7 @@ def setup(network: str, algorithm: str = "maml", inner_steps: int = 1, **options
 
 
 def meta_gradient(algo, source, params, vectorize: bool, tasks: int = 4, compiled: bool = False) -> np.ndarray:
-    total, _ = share_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(tasks), vectorize, compiled)
+    total, _ = micro_batch_gradient(algo, source, flatten(params), layout_of(params), 0, 3, range(tasks), vectorize, compiled)
     return total.numpy()
 
 

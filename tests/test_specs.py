@@ -26,7 +26,7 @@ class QueryGradient(GradientLearner):
         super().__init__(*args, **kwargs)
         self.scale = scale
 
-    def task_grad(self, params, task: Task, pre_adapt: bool = True):
+    def task_gradient(self, params, task: Task, pre_adapt: bool = True):
         def query_loss(weights):
             out = forward(self.model, weights, task.query_x)
             return task_loss(self.kind, out, task.query_y), out

@@ -7,7 +7,7 @@ spec alone, and nothing else to edit:
 - the config accepts it (``algorithm.name``, its ``options`` checked by ``pipelines.config``, its ``kinds`` and
   ``models`` against the data set and model; ``algorithm.checkpoint_inner`` where ``checkpointable``);
 - ``Learner.build`` gives it the network its ``head`` asks for (with a head per way, ``ways + 1``, or none);
-- distribution, evaluation and serving call only the protocol (``task_grad``, ``adapt``/``adaptations``,
+- distribution, evaluation and serving call only the protocol (``task_gradient``, ``adapt``/``adaptations``,
   ``predict``), so workers, the evaluate stage and the served model need nothing new;
 - ``python -m pipelines specs`` lists it with its options.
 

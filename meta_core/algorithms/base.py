@@ -3,7 +3,7 @@
 A learner (an ``Algorithm``) is pure functions of a parameter dict ``params``:
 
 - ``initial_params(seed) -> Params``: the meta-parameters training starts from.
-- ``task_grad(params, task, pre_adapt=True) -> (Params, Metrics)``: one task's meta-gradient w.r.t. every
+- ``task_gradient(params, task, pre_adapt=True) -> (Params, Metrics)``: one task's meta-gradient w.r.t. every
   meta-parameter, and its metrics (``meta_loss``, ``post_adapt_*``, ``pre_adapt_*``). Written with
   ``meta_core.autodiff.grad``, so that it can be ``vmap``-ed over a stack of tasks.
 - ``adaptations(params, task, counts) -> list[Adapted]``: the learner's state after each of ``counts``
@@ -12,7 +12,7 @@ A learner (an ``Algorithm``) is pure functions of a parameter dict ``params``:
   What the state is belongs to the learner: adapted weights, an embedded support set, a recurrent state.
 - ``predict(adapted, query_x) -> Tensor``: outputs for inputs from an adapted state.
 
-``task_grad`` adapts with ``adapt``; ``evaluate`` (defined here, once) reports ``query_metrics`` of the states
+``task_gradient`` adapts with ``adapt``; ``evaluate`` (defined here, once) reports ``query_metrics`` of the states
 ``adaptations`` gives at each step count; serving answers with ``predict(adapt(...))`` (``answer``). So training,
 evaluation and serving share one adaptation path, and a learner never re-implements it for one of them.
 
@@ -26,11 +26,11 @@ The families to come fit without special cases:
 
 - Lifelong learning (OML, ANML): a ``GradientLearner`` whose ``fast_weights`` are the adapted part of the network
   and whose ``inner_step`` is one pass over the task's stream (its support set, in order), one SGD step per
-  example; ``task_grad`` differentiates the outer loss (the query set, plus a replay of the stream) through
+  example; ``task_gradient`` differentiates the outer loss (the query set, plus a replay of the stream) through
   ``adapt``, as MAML does; ``predict`` is the network with the adapted weights.
 - Meta-RL: the task is an environment (``meta_core.rl``'s goal and exploration noise); ProMP and MAML-TRPO are
-  ``maml_rl``'s adaptation with another outer surrogate in ``task_grad``; RL2 has no inner gradient: its state
-  is the recurrent policy's hidden state after ``n`` episodes of the task, and ``task_grad`` is the policy
+  ``maml_rl``'s adaptation with another outer surrogate in ``task_gradient``; RL2 has no inner gradient: its state
+  is the recurrent policy's hidden state after ``n`` episodes of the task, and ``task_gradient`` is the policy
   gradient of the whole multi-episode trial. ``query_metrics`` is then minus the mean return of the state's
   rollouts, as ``maml_rl`` reports it.
 """
@@ -63,7 +63,7 @@ class Algorithm:
     reported as post-adaptation. ``input_shape`` is one example's shape, for learners that generate examples.
     """
 
-    # Whether ``task_grad`` and ``adapt`` draw random numbers (from torch's default generator). The callers then seed
+    # Whether ``task_gradient`` and ``adapt`` draw random numbers (from torch's default generator). The callers then seed
     # it from each task's key (``meta_core.tasks.seeded_noise``) and run task by task, never vmap-ed: a task sees
     # the same noise on any worker, as it sees the same examples. Serving seeds it with ``PREDICTION_SEED``.
     draws_noise = False
@@ -82,7 +82,7 @@ class Algorithm:
         """The meta-parameters training starts from: the model's weights drawn from ``seed``, then ``init``."""
         return self.init(init_params(self.model, seed))
 
-    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
+    def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
         """This task's meta-gradient w.r.t. every meta-parameter, and its metrics. ``pre_adapt`` asks for the
         metrics before adapting too, where they cost extra work (workers ask only every few steps)."""
         raise NotImplementedError

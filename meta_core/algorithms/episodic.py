@@ -65,7 +65,7 @@ class EpisodeLearner(Algorithm):
         pre = {k.replace("post_adapt", "pre_adapt"): v for k, v in post.items()}
         return task_loss(self.kind, out, task.query_y), {"meta_loss": post["post_adapt_loss"], **post, **pre}
 
-    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
+    def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
         """Pre- and post-adaptation metrics are both the query metrics given the support set (see ``adaptations``):
         they cost nothing extra, so they are reported whatever ``pre_adapt`` asks."""
         return grad(self.episode_loss, has_aux=True)(params, task)

@@ -63,7 +63,7 @@ class IMAML(GradientLearner):
         grads = self.inner_grad(weights, x, y)
         return {k: w - self.inner_lr * (grads[k] + self.lam * (w - params[k])) for k, w in weights.items()}
 
-    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+    def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
         theta = {k: v.detach() for k, v in params.items()}
         phi = {k: v.detach() for k, v in self.adapt(theta, task).items()}
 

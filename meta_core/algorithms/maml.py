@@ -29,7 +29,7 @@ class MAML(GradientLearner):
         out = self.predict(adapted, task.query_x)
         return task_loss(self.kind, out, task.query_y), self.task_metrics(params, adapted, task, pre_adapt, out)
 
-    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+    def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
         return grad(self.query_loss, has_aux=True)(params, task, pre_adapt)
 
 

@@ -64,7 +64,7 @@ class MAMLRL(Algorithm):
         metrics = {"meta_loss": post["post_adapt_loss"], **self.query_metrics(before, task, "pre_adapt"), **post}
         return policy_gradient_loss(self.model, after.weights, after.rollouts), metrics
 
-    def task_grad(self, params: Params, task: GoalTask, pre_adapt: bool = True) -> tuple[Params, Metrics]:
+    def task_gradient(self, params: Params, task: GoalTask, pre_adapt: bool = True) -> tuple[Params, Metrics]:
         """The pre-adaptation return comes from the rollouts adaptation needs anyway, so it is always reported."""
         return grad(self.outer_loss, has_aux=True)(params, task)
 

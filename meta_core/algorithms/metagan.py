@@ -91,7 +91,7 @@ class MetaGAN(Generative, MAML):
     def fake_labels(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.full((len(logits),), self.ways, dtype=torch.long, device=logits.device)
 
-    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+    def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
         """The learner's weights follow the learner's loss, the generator's follow the generator's loss; both see the
         same fakes."""
         (learner, generator), metrics = grads(self.losses, has_aux=True)(params, task, pre_adapt)

@@ -11,7 +11,7 @@ from meta_core.tasks import Task
 class Reptile(GradientLearner):
     """The 'meta-gradient' is ``theta - phi``, so an outer SGD step of size eps is Reptile's update."""
 
-    def task_grad(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
+    def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, dict[str, torch.Tensor]]:
         adapted = self.adapt(params, task)
         return {k: params[k] - adapted[k] for k in params}, self.task_metrics(params, adapted, task, pre_adapt)
 
