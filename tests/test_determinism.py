@@ -141,6 +141,34 @@ def test_the_float64_mean_gradient_is_the_same_whatever_arrives_first(ray_local)
             assert np.array_equal(gradient, alone_gradient) and metrics == alone_metrics
 
 
+NON_ASSOCIATIVE = (1e16, 1e16, 1.0, 5.0)  # one per micro-batch: float64 adds them up to another figure in any other order
+
+
+class NonAssociative(FirstLate):
+    """A micro-batch of one task sums to its ``NON_ASSOCIATIVE`` value in every entry, and in its metric; the first
+    micro-batch's result comes last on ``late`` steps."""
+
+    def micro_batch_gradient(self, params, step, indices):
+        value = NON_ASSOCIATIVE[indices[0]]
+        return torch.full((params.numel(),), value, dtype=torch.float64, device=params.device), {"meta_loss": value}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_micro_batches_are_added_in_index_order_not_in_the_order_they_arrive(ray_local, workers):
+    """Gradients whose float64 sum differs with the order of addition: only micro-batch index order gives it."""
+    a, b, c, d = NON_ASSOCIATIVE
+    in_order = ((a + b) + c) + d
+    assert in_order not in {((c + d) + a) + b, ((d + c) + a) + b, (a + b) + (c + d)}  # arrival orders, and two partial sums
+    cfg = load("sinusoid", ["train.meta_batch=4", "train.micro_batch=1", f"cluster.workers={workers}"])
+    _, layout, flat, _ = start(cfg)
+    driver = Driver(worker_setup(cfg), cfg.cluster, splits(cfg), layout, NonAssociative)
+    try:
+        gradient, metrics = driver.mean_gradient(flat.numpy(), step=1)  # a ``late`` step: the first micro-batch comes last
+    finally:
+        driver.shutdown()
+    assert np.all(gradient == in_order / 4) and metrics == {"meta_loss": in_order / 4}
+
+
 def test_micro_batches_do_not_depend_on_the_number_of_workers():
     """What makes the runs above comparable: 7 tasks as micro-batches of 2, 2, 2 and 1 whatever ``cluster.workers``,
     and ``auto`` as the whole meta-batch for vmap-ed tasks, one task for tasks run one by one."""
