@@ -114,9 +114,9 @@ class AllreduceWorker(MetaWorker):
     def gathered(self, mine: list[torch.Tensor], counts: list[int]) -> np.ndarray:
         """Every rank's micro-batch gradients (``counts[r]`` from rank r; ``mine`` from this one), in rank order: in
         micro-batch index order. Each rank's rows are padded to the largest count, as ``all_gather`` needs equal shapes."""
-        rows = torch.zeros(max(counts), self.flat.numel(), dtype=torch.float64, device=self.device)
+        rows = torch.zeros(max(counts), self.flat.numel(), dtype=torch.float32, device=self.device)
         if mine:
-            rows[: len(mine)] = torch.stack(mine)
+            rows[: len(mine)] = torch.stack(mine).float()  # rounded once, as the driver path's workers send them
         if len(counts) == 1:  # gloo would still take its time with a group of one
             return rows.cpu().numpy()
         every = [torch.empty_like(rows) for _ in counts]

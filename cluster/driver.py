@@ -82,7 +82,7 @@ class Driver:
         params = broadcast(flat)
         runs = [[self.micro_batches[k] for k in run] for run in split(len(self.micro_batches), len(self.workers))]
         results = self.pool.run("micro_batch_gradients", [(params, step, run) for run in runs])
-        gradients = (g for (wire, _), run in zip(results, runs, strict=True) for g in from_wire(wire, np.float64).reshape(len(run), -1))
+        gradients = (g for (wire, _), run in zip(results, runs, strict=True) for g in from_wire(wire).reshape(len(run), -1))
         return mean_gradient(gradients, self.meta_batch), mean_metrics((m for _, metrics in results for m in metrics), self.meta_batch)
 
     def steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> list[dict[str, float]]:

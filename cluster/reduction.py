@@ -3,7 +3,8 @@
 A meta-batch is cut into micro-batches of ``train.micro_batch`` tasks (the last one may be smaller) whatever the
 number of workers. Each micro-batch's meta-gradient is summed on one worker, in float64, and with the same shapes
 wherever it runs (a vmap-ed micro-batch always stacks the same tasks). Workers get contiguous runs of whole
-micro-batches and return each micro-batch's sum apart; the sums are then added in micro-batch index order, in
+micro-batches and return each micro-batch's sum apart, rounded once to float32 (half the bytes of float64, and the
+same rounding wherever it is done); the sums are then added in micro-batch index order, in
 float64, by the driver or alike by every rank of an all-reduce group. So no sum depends on how many workers there
 were, which of them computed what, or the order in which their results arrived.
 """

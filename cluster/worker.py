@@ -22,9 +22,9 @@ def to_wire(array: np.ndarray) -> np.ndarray | bytes:
     return array.tobytes() if array.nbytes <= INLINE_BYTES else array
 
 
-def from_wire(data: np.ndarray | bytes, dtype=np.float32) -> np.ndarray:
-    """The ``dtype`` array that ``to_wire`` sent, flat if it came as bytes."""
-    return np.frombuffer(data, dtype) if isinstance(data, bytes) else data
+def from_wire(data: np.ndarray | bytes) -> np.ndarray:
+    """The float32 array that ``to_wire`` sent, flat if it came as bytes."""
+    return np.frombuffer(data, np.float32) if isinstance(data, bytes) else data
 
 
 def deterministic_kernels() -> None:
@@ -84,10 +84,11 @@ class MetaWorker:
     def micro_batch_gradients(
         self, flat: np.ndarray | bytes, step: int, micro_batches: list[list[int]]
     ) -> tuple[np.ndarray | bytes, list[dict[str, float]]]:
-        """Each micro-batch's summed meta-gradient, float64, one row each (``to_wire``), and each one's summed metrics."""
+        """Each micro-batch's summed meta-gradient, one float32 row each (summed in float64, then rounded once: half the
+        bytes, and still the same bits wherever it is computed; ``to_wire``), and each one's summed metrics."""
         params = self.params(flat)
         totals, sums = zip(*(self.micro_batch_gradient(params, step, indices) for indices in micro_batches), strict=True)
-        return to_wire(torch.stack(totals).cpu().numpy()), list(sums)
+        return to_wire(torch.stack(totals).float().cpu().numpy()), list(sums)
 
     def evaluate(self, flat: np.ndarray | bytes, split: str, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task metrics on tasks of ``split``, drawn from that split's stream; a split this worker was not given raises."""

@@ -141,7 +141,7 @@ def test_the_float64_mean_gradient_is_the_same_whatever_arrives_first(ray_local)
             assert np.array_equal(gradient, alone_gradient) and metrics == alone_metrics
 
 
-NON_ASSOCIATIVE = (1e16, 1e16, 1.0, 5.0)  # one per micro-batch: float64 adds them up to another figure in any other order
+NON_ASSOCIATIVE = (2.0**54, 2.0**54, 2.0**54, 5.0)  # one per micro-batch, float32 values: float64 adds them up to another figure in any other order
 
 
 class NonAssociative(FirstLate):
