@@ -53,8 +53,8 @@ def outer_loop(config: Config) -> OuterLoop:
 def check_placeable(cluster: ClusterConfig) -> None:
     """Refuse, in one line, workers that the cluster's nodes cannot place, rather than wait for them to start.
 
-    Each worker must fit on one node: a node holds as many as each of its resources allows. A sweep checks its
-    trials the same way (``sweep.trials_that_fit``).
+    Each worker must fit on one node: a node holds as many as each of its resources allows. A sweep counts how many
+    of its trials fit instead (``sweep.trials_that_fit``), since Tune places each trial's workers itself.
     """
     import ray
 
