@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import torch
 
+from data.files import MiB, folder_file
 from data.omniglot import decode
 from data.sources import DataError
 from meta_core.algorithms.base import answer
@@ -19,11 +20,14 @@ from meta_core.tasks import Task, as_inputs
 from pipelines import tracking
 from pipelines.artifacts import load_trained, read_trained
 
+LABELS_BYTES = MiB  # a run's class_labels.txt: a line per test item
 
-def read_image(path: Path, size: int) -> np.ndarray:
+
+def read_image(root: Path, path: Path, size: int) -> np.ndarray:
+    """An image of the episodes folder ``root``: inside it, within the size cap, as a data source's would be."""
     if not path.is_file():
         raise DataError(f"{path}: missing image")
-    return decode(path.read_bytes(), size, str(path), invert=True)
+    return decode(folder_file(root, path), size, str(path), invert=True)
 
 
 def read_episode(root: Path, run: str, size: int) -> Task:
@@ -36,17 +40,17 @@ def read_episode(root: Path, run: str, size: int) -> Task:
         raise DataError(f"{labels_file}: missing (expected lines 'runNN/test/itemNN.png runNN/training/classNN.png')")
     index = {path.relative_to(root).as_posix(): i for i, path in enumerate(training)}
     items, targets = [], []
-    for number, line in enumerate(labels_file.read_text().splitlines(), 1):
+    for number, line in enumerate(folder_file(root, labels_file, LABELS_BYTES).decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or parts[1] not in index:
             raise DataError(f"{labels_file} line {number}: expected '<test image> <one of {run}/training/*.png>', got {line!r}")
-        items.append(read_image(root / parts[0], size))
+        items.append(read_image(root, root / parts[0], size))
         targets.append(index[parts[1]])
     if not items:
         raise DataError(f"{labels_file}: no test items")
-    support = as_inputs(np.stack([read_image(path, size) for path in training]))
+    support = as_inputs(np.stack([read_image(root, path, size) for path in training]))
     return Task(support, torch.arange(len(training)), as_inputs(np.stack(items)), torch.tensor(targets))
 
 

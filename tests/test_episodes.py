@@ -7,9 +7,10 @@ import mlflow
 import pytest
 
 import data
+from data.sources import DataError
 from pipelines.build import prepared
 from pipelines.config import CONFIG_DIR, load
-from pipelines.episodes import score_episodes
+from pipelines.episodes import read_episode, score_episodes
 from pipelines.pipeline import run
 
 WAYS = 5
@@ -81,3 +82,16 @@ def test_omniglot_5way_1shot_trains_from_parquet_on_held_out_alphabets_then_scor
     with pytest.raises(data.DataError, match="run01/training: 3 classes, but the model was trained for 5 ways"):
         episodes_folder(omniglot, tmp_path / "three", runs=1, ways=3)
         score_episodes(model_uri, tmp_path / "three", tracking)
+
+
+def test_an_episode_line_naming_an_image_outside_the_folder_is_refused_in_one_line(omniglot, tmp_path):
+    root = episodes_folder(omniglot, tmp_path / "episodes", runs=1)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((root / "run01" / "training" / "class01.png").read_bytes())
+    labels = root / "run01" / "class_labels.txt"
+    first, *rest = labels.read_text().splitlines()
+    labels.write_text("\n".join([f"../secret.png {first.split()[1]}", *rest]) + "\n")
+    with pytest.raises(DataError, match=r"secret\.png: resolves to .*outside the source folder"):
+        read_episode(root, "run01", 28)
+    labels.write_text("\n".join([first, *rest]) + "\n")
+    assert len(read_episode(root, "run01", 28).query_y) == WAYS  # the same folder, its own images only, reads
