@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import workload
 from cluster.driver import Driver, connect
-from cluster.reduction import micro_batches
+from cluster.pool import micro_batches
 from cluster.worker import MetaWorker, to_wire
 from meta_core.flat import flatten, layout_of
 from pipelines.build import build_learner, worker_setup

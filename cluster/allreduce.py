@@ -7,7 +7,7 @@ for a tiny one a round trip through Ray every step. Here the
 workers form a torch.distributed process group (gloo on CPU, nccl on GPU), as
 DistributedDataParallel does: every rank holds the parameters and the outer
 optimizer, the ranks gather every micro-batch's gradient and each adds them up
-in micro-batch index order (``cluster.reduction``; not a ring sum, whose order
+in micro-batch index order (``cluster.pool``; not a ring sum, whose order
 would depend on the group's size), so each takes the same optimizer step, and
 the same as the driver path's. The driver sends the parameters and optimizer state once (to a
 new group, or after it loaded a checkpoint), asks for ``cluster.steps_per_call``
@@ -39,8 +39,7 @@ import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.config import ClusterConfig, WorkerSetup
-from cluster.pool import SPREAD, WorkerPool
-from cluster.reduction import mean_gradient, mean_metrics, micro_batches
+from cluster.pool import SPREAD, WorkerPool, mean_gradient, mean_metrics, micro_batches
 from cluster.worker import MetaWorker
 from meta_core.flat import Layout, numel
 

@@ -17,7 +17,7 @@ class ClusterConfig:
     workers: int = 2
     num_cpus: float = 1
     num_gpus: float = 0
-    micro_batch: int = 1  # tasks per micro-batch (cluster.reduction)
+    micro_batch: int = 1  # tasks per micro-batch (cluster.pool)
     share_timeout_s: float = 600
     resources: Mapping[str, float] = field(default_factory=dict)
     aggregation: str = "driver"
@@ -38,4 +38,4 @@ class WorkerSetup:
     compile: bool = False
     num_cpus: float = 1
     num_gpus: float = 0
-    micro_batch: int = 1  # tasks per micro-batch (cluster.reduction)
+    micro_batch: int = 1  # tasks per micro-batch (cluster.pool)

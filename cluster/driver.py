@@ -4,7 +4,7 @@
 each step, gathers each micro-batch's meta-gradient and takes the outer step
 here; ``cluster.allreduce.AllreduceDriver`` leaves the sum and the outer step to
 the workers. Both cut the meta-batch into the same micro-batches and add them up
-in the same order (``cluster.reduction``), so both end with the same bits.
+in the same order (``cluster.pool``), so both end with the same bits.
 """
 
 import os
@@ -18,8 +18,7 @@ import torch
 
 from cluster.allreduce import AllreduceDriver
 from cluster.config import ClusterConfig, WorkerSetup
-from cluster.pool import SPREAD, WorkerPool, broadcast, split
-from cluster.reduction import mean_gradient, mean_metrics, micro_batches
+from cluster.pool import SPREAD, WorkerPool, broadcast, mean_gradient, mean_metrics, micro_batches, split
 from cluster.worker import MetaWorker, from_wire
 from meta_core.flat import Layout
 

@@ -10,9 +10,18 @@ built from the same arguments, as a restart would rebuild it. Ray does not
 restart actors whose constructor arguments live in the object store reliably
 (ray#53727, and it logs an error for every such actor), while the pool holds
 the task splits' reference for as long as it runs.
+
+A meta-batch is cut into micro-batches of ``train.micro_batch`` tasks (the last one may be smaller) whatever the
+number of workers, and workers get contiguous runs of whole micro-batches. Each micro-batch's meta-gradient is summed
+on one worker, in float64, with the same shapes wherever it runs (a vmap-ed micro-batch always stacks the same
+tasks), and sent apart, rounded once to float32 (half the bytes, and the same rounding wherever it is done); the
+sums are then added in micro-batch index order, in float64, by the driver or alike by every rank of an all-reduce
+group. So no sum depends on how many workers there were, which of them computed what, or the order in which their
+results arrived.
 """
 
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +42,31 @@ SPREAD = "SPREAD"  # workers over as many nodes as have room: losing one node lo
 def split(n: int, parts: int) -> list[list[int]]:
     """``range(n)`` as ``parts`` contiguous, near-equal, non-empty slices."""
     return [s.tolist() for s in np.array_split(np.arange(n), min(parts, n))]
+
+
+def micro_batches(meta_batch: int, size: int) -> list[list[int]]:
+    """Task indices ``0..meta_batch-1`` as consecutive micro-batches of ``size`` tasks, the last with the rest."""
+    return [list(range(start, min(start + size, meta_batch))) for start in range(0, meta_batch, size)]
+
+
+def mean_gradient(gradients: Iterable[np.ndarray], meta_batch: int) -> np.ndarray:
+    """The micro-batches' summed meta-gradients, given in micro-batch index order, added in that order in float64
+    and divided by the meta-batch."""
+    total = None
+    for gradient in gradients:
+        total = np.zeros(gradient.shape, np.float64) if total is None else total
+        total += gradient
+    return total / meta_batch
+
+
+def mean_metrics(metrics: Iterable[Mapping[str, float]], meta_batch: int) -> dict[str, float]:
+    """The micro-batches' summed metrics, given in micro-batch index order, added in that order and divided by the
+    meta-batch."""
+    sums: dict[str, float] = {}
+    for micro_batch in metrics:
+        for k, v in micro_batch.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / meta_batch for k, v in sums.items()}
 
 
 def broadcast(flat: np.ndarray) -> bytes | ray.ObjectRef:

@@ -82,7 +82,7 @@ def micro_batch_gradient(
     in the order of ``indices``, so the same tasks give the same bits: a
     vmap-ed call's kernels, and their rounding, follow the number of tasks
     stacked, which is why the cluster computes fixed micro-batches
-    (``cluster.reduction``).
+    (``cluster.pool``).
     ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``
     (benchmarks/ measures what it saves). ``pre_adapt`` adds the pre-adaptation
     query metrics, at the cost of a forward pass.

@@ -179,7 +179,7 @@ def test_micro_batches_do_not_depend_on_the_number_of_workers():
 
 
 def test_micro_batches_are_consecutive_and_the_last_takes_the_rest():
-    from cluster.reduction import micro_batches
+    from cluster.pool import micro_batches
 
     assert micro_batches(7, 2) == [[0, 1], [2, 3], [4, 5], [6]]
     assert micro_batches(4, 8) == [[0, 1, 2, 3]]
