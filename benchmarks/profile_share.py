@@ -22,7 +22,7 @@ from benchmarks.common import workload
 from cluster.driver import Driver, connect
 from cluster.pool import micro_batches
 from cluster.worker import MetaWorker, to_wire
-from meta_core.flat import flatten, layout_of
+from meta_core.models import flatten, layout_of
 from pipelines.build import build_learner, worker_setup
 
 WARMUP = 2  # steps: the first takes any compiling, and step 0 the pre-adaptation variant

@@ -54,7 +54,7 @@ def measure(spec: dict) -> dict:
     from benchmarks.baseline import BaselineMAML, warm_up
     from cluster.driver import connect, make_driver
     from cluster.worker import reuse_freed_memory
-    from meta_core.flat import flatten, layout_of
+    from meta_core.models import flatten, layout_of
     from meta_core.step import draw, micro_batch_gradient
     from meta_core.tasks import TRAIN
     from pipelines.build import build_learner, outer_loop, task_source, worker_setup

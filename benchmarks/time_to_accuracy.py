@@ -37,7 +37,7 @@ def measure(spec: dict) -> dict:
     from benchmarks.baseline import BaselineMAML, warm_up
     from cluster.driver import Driver, connect
     from cluster.worker import reuse_freed_memory
-    from meta_core.flat import flatten, layout_of
+    from meta_core.models import flatten, layout_of
     from meta_core.step import draw, evaluate_tasks
     from meta_core.tasks import TEST, TRAIN
     from pipelines.build import build_learner, outer_loop, task_source, worker_setup

@@ -41,7 +41,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from cluster.config import ClusterConfig, WorkerSetup
 from cluster.pool import SPREAD, WorkerPool, mean_gradient, mean_metrics, micro_batches
 from cluster.worker import MetaWorker
-from meta_core.flat import Layout, numel
+from meta_core.models import Layout, numel
 
 
 def pack(flat: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict:

@@ -20,7 +20,7 @@ from cluster.allreduce import AllreduceDriver
 from cluster.config import ClusterConfig, WorkerSetup
 from cluster.pool import SPREAD, WorkerPool, broadcast, mean_gradient, mean_metrics, micro_batches, split
 from cluster.worker import MetaWorker, from_wire
-from meta_core.flat import Layout
+from meta_core.models import Layout
 
 
 class MetaDriver(Protocol):

@@ -31,7 +31,7 @@ from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from cluster.config import ClusterConfig, WorkerSetup
 from cluster.worker import INLINE_BYTES, to_wire
-from meta_core.flat import Layout
+from meta_core.models import Layout
 
 MAX_ATTEMPTS = 5  # share timeouts a call may take before it is given up
 STARTUP_S = 600  # for every worker to be placed and built (an autoscaler may be adding nodes)

@@ -8,7 +8,7 @@ import ray
 import torch
 
 from cluster.config import WorkerSetup
-from meta_core.flat import Layout
+from meta_core.models import Layout
 from meta_core.step import evaluate_tasks, micro_batch_gradient, vectorized
 from meta_core.tasks import STREAMS
 

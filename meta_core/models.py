@@ -1,10 +1,12 @@
-"""The MAML paper's networks, used as pure functions of a parameter dict.
+"""The MAML paper's networks, used as pure functions of a parameter dict, and that dict as one flat vector.
 
 A module only describes the architecture; the weights travel separately as a
 ``dict[str, Tensor]`` so that inner loops, ``torch.func`` transforms and the
-driver's flat parameter vector all speak the same language.
+driver's flat parameter vector all speak the same language. The flat vector
+(``flatten``, with its ``Layout``) is what crosses process boundaries.
 """
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -128,3 +130,30 @@ def init_params(model: nn.Module, seed: int) -> Params:
 def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     """Run ``model`` with ``params`` in place of its own weights."""
     return functional_call(model, params, (x,))
+
+
+Layout = list[tuple[str, tuple[int, ...]]]  # each parameter's name and shape, in the flat vector's order
+
+
+def layout_of(params: Params) -> Layout:
+    return [(k, tuple(v.shape)) for k, v in params.items()]
+
+
+def numel(layout: Layout) -> int:
+    """How many values the flat vector of ``layout`` holds."""
+    return sum(int(np.prod(shape, dtype=np.int64)) for _, shape in layout)
+
+
+def flatten(params: Params, dtype=torch.float32) -> torch.Tensor:
+    return torch.cat([v.detach().reshape(-1).to(dtype) for v in params.values()])
+
+
+def unflatten(flat: torch.Tensor, layout: Layout) -> Params:
+    out, offset = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape, dtype=np.int64))
+        out[name] = flat[offset : offset + size].view(shape)
+        offset += size
+    if offset != flat.numel():
+        raise ValueError(f"flat parameter vector has {flat.numel()} values, layout expects {offset}")
+    return out

@@ -13,7 +13,7 @@ import torch
 from torch.func import vmap
 
 from meta_core.algorithms import Algorithm
-from meta_core.flat import Layout, flatten, unflatten
+from meta_core.models import Layout, flatten, unflatten
 from meta_core.tasks import TRAIN, seeded_noise, stack, task_rng
 
 

@@ -22,7 +22,7 @@ import mlflow
 from mlflow.entities import Run
 
 from cluster.driver import connect
-from meta_core.flat import flatten
+from meta_core.models import flatten
 from pipelines import checkpoint, lease, tracking
 from pipelines.artifacts import Trained
 from pipelines.build import check_placeable

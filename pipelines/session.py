@@ -10,8 +10,7 @@ import torch
 from cluster.driver import MetaDriver, make_driver
 from cluster.pool import SPREAD
 from meta_core.algorithms import Algorithm
-from meta_core.flat import Layout, flatten, layout_of, unflatten
-from meta_core.models import Params
+from meta_core.models import Layout, Params, flatten, layout_of, unflatten
 from pipelines.build import build_learner, outer_loop, worker_setup
 from pipelines.config import Config
 

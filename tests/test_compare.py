@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from meta_core.flat import flatten
+from meta_core.models import flatten
 from pipelines.compare import compare
 from pipelines.config import ConfigError, load
 from pipelines.pipeline import run

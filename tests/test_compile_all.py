@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from meta_core.flat import flatten, layout_of
+from meta_core.models import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.rl import PointGoals
 from meta_core.step import micro_batch_gradient

@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from meta_core.algorithms.mann import MemoryNetwork
-from meta_core.flat import flatten, layout_of
+from meta_core.models import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.step import evaluate_tasks, micro_batch_gradient
 from meta_core.tasks import TEST, ClassificationTasks, Task, task_rng

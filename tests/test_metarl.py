@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from meta_core.flat import flatten, layout_of
+from meta_core.models import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.rl import MAX_STEP, PointGoals, advantages, rollout
 from meta_core.step import evaluate_tasks, micro_batch_gradient

@@ -14,7 +14,7 @@ from benchmarks.baseline import BaselineMAML
 from cluster.allreduce import AllreduceDriver
 from cluster.driver import make_driver
 from cluster.worker import INLINE_BYTES, from_wire, to_wire
-from meta_core.flat import flatten, layout_of
+from meta_core.models import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS
 from meta_core.step import draw, micro_batch_gradient
 from meta_core.tasks import TRAIN, ClassificationTasks, SinusoidTasks
