@@ -5,8 +5,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meta_core.outer import OuterLoop
 from meta_core.registry import Learner
+from meta_core.step import OuterLoop
 
 
 @dataclass(frozen=True)

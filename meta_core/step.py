@@ -1,12 +1,14 @@
-"""One worker's share of a meta-step, and of an evaluation, as plain functions.
+"""One meta-step's parts as plain functions: a worker's share of it (and of an evaluation), and the outer step.
 
 The Ray actor, the single-process path and the benchmarks all call these, so
-there is exactly one implementation of "sum the meta-gradients of these tasks".
+there is exactly one implementation of "sum the meta-gradients of these tasks",
+and one outer optimizer (``OuterLoop``) for the driver and every all-reduce rank.
 """
 
 import contextlib
 import functools
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -117,3 +119,19 @@ def evaluate_tasks(
         with noise_for(algo, device, seed, stream, 0, index):
             rows.append(algo.evaluate(params, task, steps))
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+@dataclass(frozen=True)
+class OuterLoop:
+    """Tasks per meta-step and the outer optimizer: Adam (the MAML default) or plain SGD (Reptile's classic step)."""
+
+    meta_batch: int
+    optimizer: str = "adam"
+    lr: float = 1e-3
+
+    def make_optimizer(self, flat: torch.Tensor) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam([flat], lr=self.lr)
+        if self.optimizer == "sgd":
+            return torch.optim.SGD([flat], lr=self.lr)
+        raise ValueError(f"train.optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")

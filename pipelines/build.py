@@ -8,9 +8,8 @@ import numpy as np
 import data
 from cluster.config import ClusterConfig, WorkerSetup
 from meta_core.algorithms import Algorithm
-from meta_core.outer import OuterLoop
 from meta_core.registry import Learner
-from meta_core.step import runs_vectorized, vectorized
+from meta_core.step import OuterLoop, runs_vectorized, vectorized
 from pipelines.config import Config, ConfigError
 
 
