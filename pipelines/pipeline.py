@@ -23,7 +23,7 @@ from mlflow.entities import Run
 
 from cluster.driver import connect
 from meta_core.models import flatten
-from pipelines import checkpoint, lease, tracking
+from pipelines import lease, tracking
 from pipelines.artifacts import Trained
 from pipelines.build import check_placeable
 from pipelines.config import Config, digest, from_dict
@@ -31,7 +31,7 @@ from pipelines.plots import log_plots
 from pipelines.session import Session
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.register import register_stage
-from pipelines.stages.train import train
+from pipelines.stages.train import Checkpoint, train
 
 
 def load_splits(prepared: dict) -> dict:
@@ -81,7 +81,7 @@ def prepare_body(ctx: Context, run) -> dict:
 
 def train_body(ctx: Context, run) -> dict:
     session = ctx.session()
-    summary = train(session, run.info.run_id, checkpoint.of_run(run, ctx.config.train.checkpoint_dir, ctx.restart))
+    summary = train(session, run.info.run_id, Checkpoint.of_run(run, ctx.config.train.checkpoint_dir, ctx.restart))
     ctx.learned = Trained(run.info.run_id, ctx.config, session.params())
     ctx.learned.log()
     return {"run_id": run.info.run_id, "summary": summary}

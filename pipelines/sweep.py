@@ -30,14 +30,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.driver import connect
 from pipelines import tracking
 from pipelines.build import prepared
-from pipelines.checkpoint import Checkpoint
 from pipelines.compare import trials_table
 from pipelines.config import Config, ConfigError, digest, dotted_keys, from_dict, load
 from pipelines.pipeline import load_splits, run, search, tracked_run
 from pipelines.selection import Metric
 from pipelines.session import Session
 from pipelines.space import Space, read_space, sweep_config
-from pipelines.stages.train import train
+from pipelines.stages.train import Checkpoint, train
 
 
 @dataclass(frozen=True)

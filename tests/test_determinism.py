@@ -17,8 +17,8 @@ from cluster.allreduce import AllreduceDriver, AllreduceWorker
 from cluster.driver import Driver
 from cluster.worker import MetaWorker
 from pipelines.build import worker_setup
-from pipelines.checkpoint import Checkpoint, State
 from pipelines.config import Config, ConfigError, load
+from pipelines.stages.train import Checkpoint, State
 from tests.cluster_helpers import session, splits, start
 from tests.test_cluster_faults import FAULT_STEP, killed_mid_step
 

@@ -13,12 +13,11 @@ import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipelines.checkpoint import Checkpoint
 from pipelines.cli import main
 from pipelines.config import load
 from pipelines.pipeline import resume, run
 from pipelines.session import Session
-from pipelines.stages.train import train
+from pipelines.stages.train import Checkpoint, train
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs, trained_params
 

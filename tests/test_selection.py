@@ -9,12 +9,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines.checkpoint import Checkpoint
 from pipelines.config import load
 from pipelines.selection import Metric
 from pipelines.session import Session
 from pipelines.stages import train as train_stage
-from pipelines.stages.train import train
+from pipelines.stages.train import Checkpoint, train
 from tests.conftest import start_local_ray
 
 # Outer SGD at rate 0.2 on 4 tasks a step wanders: the validation figure goes up and down, and later ones are often worse
