@@ -18,6 +18,7 @@ import torch
 
 from cluster.allreduce import AllreduceDriver
 from cluster.config import ClusterConfig, WorkerSetup
+from cluster.delivery import Source
 from cluster.pool import SPREAD, WorkerPool, broadcast, split
 from cluster.reduction import mean_gradient, mean_metrics, micro_batches
 from cluster.worker import MetaWorker, from_wire
@@ -63,7 +64,7 @@ class Driver:
         self,
         setup: WorkerSetup,
         cluster: ClusterConfig,
-        splits: dict[str, np.ndarray | None],
+        splits: dict[str, Source],
         layout: Layout,
         worker_cls: type | None = None,
         scheduling=SPREAD,
@@ -106,6 +107,6 @@ class Driver:
         self.pool.shutdown()
 
 
-def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, scheduling=SPREAD) -> MetaDriver:
+def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, Source], layout: Layout, scheduling=SPREAD) -> MetaDriver:
     """The driver that ``cluster.aggregation`` names, its workers placed by ``scheduling``."""
     return (AllreduceDriver if cluster.aggregation == "allreduce" else Driver)(setup, cluster, splits, layout, scheduling=scheduling)
