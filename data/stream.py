@@ -99,11 +99,16 @@ def peak_rss() -> int:
 
 
 def decode_block(batch: dict) -> dict:
-    """Ray Data's map: one planned batch in (pickled rows), its samples' bytes out, with this worker's peak memory."""
-    pixels = decoded(pickle.loads(batch["plan"][0]))
+    """Ray Data's map: one planned batch in (pickled rows), its samples' bytes out, with this worker's peak memory; a
+    sample that is not a readable image comes back as its one-line error, which the driver raises as it is."""
+    try:
+        pixels, error = decoded(pickle.loads(batch["plan"][0])).tobytes(), ""
+    except DataError as e:
+        pixels, error = b"", str(e)
     return {
         "index": batch["index"],
-        "pixels": np.array([pixels.tobytes()], dtype=object),
+        "pixels": np.array([pixels], dtype=object),
+        "error": np.array([error], dtype=object),
         "pid": np.array([os.getpid()]),
         "peak": np.array([peak_rss()]),
     }
@@ -235,25 +240,15 @@ def on_ray(jobs: list, cpus: int, memory_mb: int, connect: Callable[[], None] | 
         for expected, ((plan, start, stop), batch) in enumerate(
             zip(jobs, decoded_blocks.iter_batches(batch_size=1, batch_format="numpy"), strict=True)
         ):
+            if batch["error"][0]:
+                raise DataError(batch["error"][0])
             if int(batch["index"][0]) != expected:
                 raise RuntimeError(f"Ray Data returned batch {batch['index'][0]} where batch {expected} was due")
             pid, peak = int(batch["pid"][0]), int(batch["peak"][0])
             stats.worker_peaks[pid] = max(stats.worker_peaks.get(pid, 0), peak)
             yield np.frombuffer(batch["pixels"][0], plan.dtype).reshape(stop - start, *plan.shape[2:])
-    except ray.exceptions.RayError as e:
-        cause = next((c for c in causes(e) if isinstance(c, DataError)), None)
-        if cause is not None:
-            raise DataError(str(cause).strip().splitlines()[-1]) from None
-        raise
     finally:
         context.execution_options.preserve_order, context.execution_options.resource_limits, context.enable_progress_bars = saved
-
-
-def causes(error: BaseException) -> Iterator[BaseException]:
-    """``error``, its causes, and the original of a Ray task error (``RayTaskError.cause``)."""
-    while error is not None:
-        yield error
-        error = getattr(error, "cause", None) or error.__cause__
 
 
 class PeakSampler:

@@ -128,3 +128,12 @@ def test_training_on_splits_read_by_the_workers_ends_with_the_same_bits_as_on_ar
 def test_a_memory_bound_below_the_floor_is_one_line_naming_the_key(small, tmp_path):
     with pytest.raises(ValueError, match=r"^config key 'data.prepare_memory_mb': expected an integer of at least 32 \(MiB\), got 8$"):
         config(small, tmp_path, "data.prepare_memory_mb=8")
+
+
+def test_an_unreadable_image_decoded_on_ray_data_is_one_line_naming_it_and_leaves_nothing_behind(ray_local, tmp_path):
+    source = mini_imagenet_images(tmp_path / "source", 100, side=8)
+    victim = sorted((source / "images").iterdir())[7]
+    victim.write_bytes(b"not a png")
+    with pytest.raises(data.DataError, match=rf"^{victim}: not a readable image \(UnidentifiedImageError: [^\n]*$"):
+        prepared(config(source, tmp_path / "cache", "data.image_size=8", "data.prepare_cpus=1"))
+    assert not list((tmp_path / "cache").iterdir())
