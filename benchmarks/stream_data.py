@@ -94,9 +94,9 @@ def main() -> None:
             first = None
             for cpus in args.cpus:
                 spec = {"source": str(source), "cache": str(root / f"cache{cpus}"), "cpus": cpus, "memory_mb": args.memory_mb}
-                out = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.stream_data", "--measure", json.dumps(spec)], capture_output=True, text=True, check=True
-                )
+                out = subprocess.run([sys.executable, "-m", "benchmarks.stream_data", "--measure", json.dumps(spec)], capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"{size} images on {cpus} CPUs failed:\n{out.stderr[-3000:]}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 first = first or result["images_per_s"]
                 print(

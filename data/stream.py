@@ -116,7 +116,7 @@ def decode_block(batch: dict) -> dict:
 
 @dataclass
 class Stats:
-    """What one preparation took: images decoded, seconds, and the peak memory of this process and of each worker."""
+    """What one preparation took: samples written, seconds, and the peak memory of this process and of each worker."""
 
     images: int = 0
     seconds: float = 0.0
@@ -194,9 +194,9 @@ def write(folder: Path, plans: list[Plan], cpus: int, memory_mb: int, connect: C
     """Every plan's split written to ``folder``; ``cpus``: 0 decodes here, N over N of the cluster's CPUs, -1 over all
     of them (``connect`` joins the cluster first)."""
     jobs = [(plan, start, stop) for plan in plans for start, stop in plan.batches()]
-    images = sum(isinstance(sample, Encoded) for plan in plans for sample, _ in plan.rows)
+    images = sum(len(plan.rows) for plan in plans)  # samples written: images, or a table's rows of features
     stats, started, sampler = Stats(images=images, cpus=cpus), time.monotonic(), PeakSampler()
-    progress = Progress(images if images else sum(len(p.rows) for p in plans))
+    progress = Progress(images)
     writers: dict[str, Split] = {}
     try:
         with sampler:
