@@ -39,6 +39,7 @@ import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.config import ClusterConfig, WorkerSetup
+from cluster.delivery import Source
 from cluster.pool import SPREAD, WorkerPool, mean_gradient, mean_metrics, micro_batches
 from cluster.worker import MetaWorker
 from meta_core.models import Layout, numel
@@ -71,7 +72,7 @@ class AllreduceWorker(MetaWorker):
     """A MetaWorker that is also one rank of a torch.distributed process group, holding the parameters and the
     outer optimizer between calls."""
 
-    def __init__(self, setup: WorkerSetup, splits: dict[str, np.ndarray | None], layout: Layout):
+    def __init__(self, setup: WorkerSetup, splits: dict[str, Source], layout: Layout):
         super().__init__(setup, splits, layout)
         self.meta_batch = setup.outer.meta_batch
         self.flat = torch.zeros(numel(layout), device=self.device)
@@ -130,7 +131,7 @@ class AllreduceDriver:
         self,
         setup: WorkerSetup,
         cluster: ClusterConfig,
-        splits: dict[str, np.ndarray | None],
+        splits: dict[str, Source],
         layout: Layout,
         worker_cls: type | None = None,
         scheduling=SPREAD,

@@ -18,6 +18,7 @@ import torch
 
 from cluster.allreduce import AllreduceDriver
 from cluster.config import ClusterConfig, WorkerSetup
+from cluster.delivery import Source
 from cluster.pool import SPREAD, WorkerPool, broadcast, mean_gradient, mean_metrics, micro_batches, split
 from cluster.worker import MetaWorker, from_wire
 from meta_core.models import Layout
@@ -62,7 +63,7 @@ class Driver:
         self,
         setup: WorkerSetup,
         cluster: ClusterConfig,
-        splits: dict[str, np.ndarray | None],
+        splits: dict[str, Source],
         layout: Layout,
         worker_cls: type | None = None,
         scheduling=SPREAD,
@@ -105,6 +106,6 @@ class Driver:
         self.pool.shutdown()
 
 
-def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, scheduling=SPREAD) -> MetaDriver:
+def make_driver(setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, Source], layout: Layout, scheduling=SPREAD) -> MetaDriver:
     """The driver that ``cluster.aggregation`` names, its workers placed by ``scheduling``."""
     return (AllreduceDriver if cluster.aggregation == "allreduce" else Driver)(setup, cluster, splits, layout, scheduling=scheduling)

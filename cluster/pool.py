@@ -30,6 +30,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from cluster.config import ClusterConfig, WorkerSetup
+from cluster.delivery import Source
 from cluster.worker import INLINE_BYTES, to_wire
 from meta_core.models import Layout
 
@@ -93,12 +94,12 @@ class Call:
 class WorkerPool:
     """``cluster.workers`` actors of one class, built from the same arguments, and the calls sent to them."""
 
-    def __init__(self, actor_cls: type, setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, np.ndarray | None], layout: Layout, scheduling):
+    def __init__(self, actor_cls: type, setup: WorkerSetup, cluster: ClusterConfig, splits: dict[str, Source], layout: Layout, scheduling):
         """``actor_cls``: a plain class, made an actor here; ``scheduling`` places the workers (SPREAD, or a
         placement group's strategy inside a sweep's trial)."""
         self.actor_cls, self.setup, self.cluster, self.layout, self.scheduling = ray.remote(actor_cls), setup, cluster, layout, scheduling
         self.timeout = cluster.share_timeout_s
-        self.splits_ref = ray.put(splits)  # once: every worker on a node maps the same memory; kept for replacements
+        self.splits_ref = ray.put(splits)  # where each split is (cluster.delivery), once; kept for replacements
         self.start()
 
     def new_worker(self) -> ray.actor.ActorHandle:

@@ -8,6 +8,7 @@ import ray
 import torch
 
 from cluster.config import WorkerSetup
+from cluster.delivery import Source, readable
 from meta_core.models import Layout
 from meta_core.step import evaluate_tasks, micro_batch_gradient, vectorized
 from meta_core.tasks import STREAMS
@@ -54,13 +55,15 @@ def reuse_freed_memory() -> None:
 class MetaWorker:
     """Computes each micro-batch's summed meta-gradient for the micro-batches it is given.
 
-    ``splits`` arrives from the object store as read-only, zero-copy arrays
-    shared by every worker on a node; tasks only gather from them. A worker that
+    ``splits`` says where each split is (``cluster.delivery``): a file this
+    worker memory-maps, or an array in the object store, read-only and zero-copy;
+    either way shared by every worker on a node, and tasks only gather from
+    them, so a worker reads the rows its tasks draw. A worker that
     dies is replaced by one built from the same arguments (``cluster.pool``),
     which can recompute any micro-batch.
     """
 
-    def __init__(self, setup: WorkerSetup, splits: dict[str, np.ndarray | None], layout: Layout):
+    def __init__(self, setup: WorkerSetup, splits: dict[str, Source], layout: Layout):
         reuse_freed_memory()
         deterministic_kernels()
         torch.set_num_threads(max(1, int(setup.num_cpus)))
@@ -68,7 +71,7 @@ class MetaWorker:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.algo = setup.learner.build()
         self.algo.model.to(self.device)
-        self.sources = {name: setup.tasks(examples, split=name) for name, examples in splits.items()}
+        self.sources = {name: setup.tasks(readable(source), split=name) for name, source in splits.items()}
         self.seed, self.layout, self.pre_adapt_every = setup.seed, layout, setup.pre_adapt_every
         self.vectorize, self.compiled = vectorized(setup.vectorize, setup.learner.model.name, use_gpu), setup.compile
 

@@ -4,8 +4,20 @@ Importing this package registers the built-in data sets' specs (``data.registry.
 """
 
 from data import cifar, cub, generated, mini_imagenet, omniglot, table, tiered_imagenet  # noqa: F401
-from data.dataset import load_splits, manifest_of, prepare, split_names
+from data.dataset import load_splits, manifest_of, preparation_of, prepare, split_arrays, split_names
 from data.registry import DATASETS, DataConfig, DatasetSpec, register_dataset
 from data.sources import DataError
 
-__all__ = ["DATASETS", "DataConfig", "DataError", "DatasetSpec", "load_splits", "manifest_of", "prepare", "register_dataset", "split_names"]
+__all__ = [
+    "DATASETS",
+    "DataConfig",
+    "DataError",
+    "DatasetSpec",
+    "load_splits",
+    "manifest_of",
+    "preparation_of",
+    "prepare",
+    "split_arrays",
+    "register_dataset",
+    "split_names",
+]

@@ -1,12 +1,14 @@
-"""Raw sources -> one cached Parquet dataset with train/test (and validation) splits -> contiguous arrays.
+"""Raw sources -> one cached Parquet dataset with train/test (and validation) splits -> memory-mapped arrays.
 
 A prepared dataset is a folder ``data/cache/<name>-<digest>/`` holding ``train.parquet``,
-``test.parquet`` and ``manifest.json``. The digest covers the data config, the seed and
-the sources' checksums, so preparing again is free and any change builds a new folder.
-Each Parquet row is one sample: its class index, label, group and a fixed-size array:
-an image's uint8 pixels (a quarter of float32's bytes; scaled and normalised per task,
-``meta_core.tasks.as_inputs``) or float32 features. Rows are sorted by class so a split
-loads as a single (classes, samples, ...) array with no per-row Python.
+``test.parquet``, the same samples as ``train.npy`` and ``test.npy``, and ``manifest.json``.
+The digest covers the data config, the seed and the sources' checksums, so preparing again
+is free and any change builds a new folder. Each Parquet row is one sample: its class index,
+label, group and a fixed-size array: an image's uint8 pixels (a quarter of float32's bytes;
+scaled and normalised per task, ``meta_core.tasks.as_inputs``) or float32 features. Rows are
+sorted by class so a split is a single (classes, samples, ...) array, which the ``.npy`` holds
+raw for workers to memory-map (``load_splits``). Splits are written in bounded batches
+(``data.stream``), so preparing needs memory for a few batches, not for the data set.
 """
 
 import hashlib
@@ -14,22 +16,23 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from data import stream
 from data.registry import DATASETS, Classes, DataConfig
 from data.sources import DataError, file_digest, resolve
 from meta_core.tasks import TaskShape
 
-FORMAT_VERSION = 3  # 2: an optional validation split; 3: images as uint8, published splits
+FORMAT_VERSION = 4  # 2: an optional validation split; 3: images as uint8, published splits; 4: each split also as .npy
 CACHE = Path(__file__).parent / "cache"
+PREPARATION = "preparation.json"  # how the folder was built: CPUs, seconds, images/s, peak memory (not its content)
 SPLITS = ("train", "val", "test")  # "val" only where data.val_size holds some out
-# Keys that change where or how a dataset is found, not what it holds.
-NOT_CONTENT = ("cache_dir",)
+# Keys that change where or how a dataset is found, built or read, not what it holds.
+NOT_CONTENT = ("cache_dir", "prepare_cpus", "prepare_memory_mb", "delivery")
 
 
 def cache_dir(data: DataConfig) -> Path:
@@ -78,37 +81,46 @@ def assign_splits(keys: list[tuple[str, str]], data: DataConfig, seed: int) -> d
     return {key: split_of.get(key[0] if by_group else key, "train") for key in keys}
 
 
-def rectangular(classes: Classes) -> tuple[np.ndarray, int, str]:
-    """Classes as one (classes, samples, ...) array, each cut to the smallest class; and that class."""
+def plan(name: str, classes: Classes, rotations: bool) -> tuple[stream.Plan, str]:
+    """A split's rows: each class cut to the smallest class's samples, then (MAML's Omniglot protocol, ``rotations``)
+    every class again at 90, 180 and 270 degrees, as new classes; and the smallest class."""
     smallest = min(classes, key=lambda k: len(classes[k]))
     n = len(classes[smallest])
-    return np.stack([np.stack(samples[:n]) for samples in classes.values()]), n, "/".join(smallest)
+    turns = range(4) if rotations else range(1)
+    labels = ["/".join(k) for k in classes]
+    rows = [(sample, k) for k in turns for samples in classes.values() for sample in samples[:n]]
+    sample_shape, dtype = stream.shape_of(rows[0][0])
+    split = stream.Plan(
+        name,
+        rows,
+        [f"{label}@{90 * k}" if k else label for k in turns for label in labels],
+        [key[0] for _ in turns for key in classes],
+        (len(turns) * len(classes), n, *sample_shape),
+        dtype,
+    )
+    return split, "/".join(smallest)
 
 
-def rotated(x: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """MAML's Omniglot protocol: each class also at 90, 180 and 270 degrees, as new classes."""
-    turns = [np.rot90(x, k, axes=(-2, -1)) for k in range(4)]
-    return np.concatenate(turns), [f"{label}@{90 * k}" if k else label for k in range(4) for label in labels]
+def parallelism(data: DataConfig, plans: list[stream.Plan]) -> int:
+    """CPUs to decode on: ``data.prepare_cpus``, or where it is null, the cluster's where there are at least
+    ``stream.PARALLEL_ROWS`` images to decode, else none (0: in this process). Samples a reader gave as arrays are
+    already in this process, so they stay here."""
+    encoded = [isinstance(sample, stream.Encoded) for p in plans for sample, _ in p.rows]
+    if not all(encoded):
+        return 0
+    if data.prepare_cpus is not None:
+        return data.prepare_cpus
+    return -1 if len(encoded) >= stream.PARALLEL_ROWS else 0
 
 
-def write_split(path: Path, x: np.ndarray, labels: list[str], groups: list[str]) -> None:
-    """One split's rows; ``x`` is uint8 (images) or float32 (features), and is stored as it is."""
-    classes, samples = x.shape[:2]
-    flat = pa.array(np.ascontiguousarray(x).reshape(-1))
-    columns = {
-        "class": pa.array(np.repeat(np.arange(classes, dtype=np.int32), samples)),
-        "label": pa.array(np.repeat(labels, samples)),
-        "group": pa.array(np.repeat(groups, samples)),
-        "sample": pa.FixedSizeListArray.from_arrays(flat, int(np.prod(x.shape[2:]))),
-    }
-    # Dictionary-encoding mostly-zero pixels makes reads several times slower; lz4 alone keeps them fast.
-    pq.write_table(pa.table(columns), path, compression="lz4", use_dictionary=["label", "group"])
-
-
-def build(folder: Path, data: DataConfig, seed: int, checked: list[dict]) -> dict:
-    """Write the Parquet splits and return the manifest (not yet written)."""
+def build(folder: Path, data: DataConfig, seed: int, checked: list[dict], connect=None) -> tuple[dict, stream.Stats]:
+    """Write the splits and return the manifest (not yet written) and what writing them took."""
     classes = combine([DATASETS[data.name].read(Path(s["path"]), data) for s in checked])
-    split_of = assign_splits(list(classes), data, seed)
+    try:
+        split_of = assign_splits(list(classes), data, seed)
+    except DataError:
+        stream.check_readable([sample for samples in classes.values() for sample in samples])  # a bad file is the first thing to fix
+        raise
     manifest = {
         "format_version": FORMAT_VERSION,
         "sources": [{"source": s["source"], "file": Path(s["path"]).name, "sha256": s["sha256"]} for s in checked],
@@ -124,35 +136,39 @@ def build(folder: Path, data: DataConfig, seed: int, checked: list[dict]) -> dic
             else {"by": data.split, "test_size": data.test_size, "val_size": data.val_size, "seed": seed}
         ),
     }
+    plans, smallest = [], {}
     for split in SPLITS:
         part = {k: v for k, v in classes.items() if split_of[k] == split}
-        if not part:  # no validation split unless data.val_size asks for one (or the set publishes one)
-            continue
-        x, samples, smallest = rectangular(part)
-        labels = ["/".join(k) for k in part]
-        groups = [k[0] for k in part]
-        if split == "train" and data.rotations:
-            x, labels = rotated(x, labels)
-            groups = groups * 4
-        path = folder / f"{split}.parquet"
-        write_split(path, x, labels, groups)
+        if part:  # no validation split unless data.val_size asks for one (or the set publishes one)
+            split_plan, smallest[split] = plan(split, part, split == "train" and data.rotations)
+            plans.append(split_plan)
+    # Every file must be a readable image, the samples cut off too (few where classes are near-equal).
+    stream.check_readable([x for p in plans for k, samples in classes.items() if split_of[k] == p.name for x in samples[p.shape[1] :]])
+    cpus = parallelism(data, plans)
+    stats = stream.write(folder, plans, cpus, data.prepare_memory_mb, connect)
+    for split_plan in plans:
+        split = split_plan.name
         manifest["splits"][split] = {
-            "groups": sorted(set(groups)),
-            "classes": len(labels),
-            "samples_per_class": samples,
-            "smallest_class": smallest,
-            "shape": list(x.shape),
-            "file": path.name,
-            "sha256": file_digest(path),
+            "groups": sorted(set(split_plan.groups)),
+            "classes": split_plan.shape[0],
+            "samples_per_class": split_plan.shape[1],
+            "smallest_class": smallest[split],
+            "shape": list(split_plan.shape),
+            "file": f"{split}.parquet",
+            "sha256": file_digest(folder / f"{split}.parquet"),
+            "array": f"{split}.npy",
+            "array_sha256": file_digest(folder / f"{split}.npy"),
         }
-    return manifest
+    return manifest, stats
 
 
-def prepare(data: DataConfig, seed: int, task: TaskShape) -> Path:
+def prepare(data: DataConfig, seed: int, task: TaskShape, connect: Callable[[], None] | None = None) -> Path:
     """The prepared dataset's folder for ``data`` and ``seed``, built once and cached.
 
     The folder is written under a temporary name and renamed into place, so it is
     either complete or absent. The ``task`` shape is checked against it every time.
+    ``connect`` joins the cluster, before images are decoded on it (``parallelism``).
+    What the build took is recorded beside the manifest (``PREPARATION``).
     """
     root = cache_dir(data)
     checked = []
@@ -168,8 +184,9 @@ def prepare(data: DataConfig, seed: int, task: TaskShape) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
         try:
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-            manifest = {"digest": digest, **build(tmp, data, seed, checked)}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            manifest, stats = build(tmp, data, seed, checked, connect)
+            (tmp / "manifest.json").write_text(json.dumps({"digest": digest, **manifest}, indent=2) + "\n")
+            (tmp / PREPARATION).write_text(json.dumps(stats.summary(), indent=2) + "\n")
             os.rename(tmp, folder)
         except OSError:
             if not (folder / "manifest.json").exists():  # not another process finishing the same build first
@@ -182,6 +199,11 @@ def prepare(data: DataConfig, seed: int, task: TaskShape) -> Path:
 
 def manifest_of(folder: Path) -> dict:
     return json.loads((Path(folder) / "manifest.json").read_text())
+
+
+def preparation_of(folder: Path) -> dict:
+    """What building ``folder`` took (``stream.Stats.summary``)."""
+    return json.loads((Path(folder) / PREPARATION).read_text())
 
 
 def split_names(manifest: dict) -> list[str]:
@@ -204,13 +226,14 @@ def check_task(folder: Path, task: TaskShape) -> None:
             )
 
 
-def load_splits(folder: str | Path) -> dict[str, np.ndarray]:
-    """``{"train": ..., "test": ...}`` (and ``"val"``), each one contiguous array as stored (uint8 images, float32
-    features), read with pyarrow (no per-row Python)."""
+def split_arrays(folder: str | Path) -> dict[str, Path]:
+    """Each split's ``.npy`` file: the (classes, samples, ...) array as stored (uint8 images, float32 features)."""
     folder = Path(folder)
     manifest = manifest_of(folder)
-    splits, out = manifest["splits"], {}
-    for split in split_names(manifest):
-        column = pq.read_table(folder / splits[split]["file"], columns=["sample"]).column("sample").combine_chunks()
-        out[split] = column.flatten().to_numpy().reshape(splits[split]["shape"])
-    return out
+    return {split: folder / manifest["splits"][split]["array"] for split in split_names(manifest)}
+
+
+def load_splits(folder: str | Path) -> dict[str, np.ndarray]:
+    """``{"train": ..., "test": ...}`` (and ``"val"``), each memory-mapped read-only: only the rows a caller
+    gathers are read from disk, and every process of a machine shares their pages."""
+    return {split: np.load(path, mmap_mode="r") for split, path in split_arrays(folder).items()}

@@ -8,11 +8,11 @@ Read from a local copy in either of the two forms it is shared in: the ``images/
 import csv
 from pathlib import Path
 
-from data.files import folder_file, inside
-from data.omniglot import decode
+from data.files import inside
 from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, colour, keys_of, load_pickle, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
+from data.stream import Encoded
 
 PICKLES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl", "test": "mini-imagenet-cache-test.pkl"}
 
@@ -31,8 +31,8 @@ def read(path: Path, data: DataConfig) -> Classes:
 
 
 def read_csv(folder: Path, split: str, published: list[str], size: int) -> dict[str, list]:
-    """One split's images from ``<split>.csv`` (``filename,label``) and the ``images/`` folder; its classes are
-    checked against the ``published`` list before any image is decoded."""
+    """One split's images from ``<split>.csv`` (``filename,label``) and the ``images/`` folder, still encoded; its
+    classes are checked against the ``published`` list first."""
     listing = folder / f"{split}.csv"
     inside(folder, listing)
     if not listing.is_file():
@@ -51,7 +51,7 @@ def read_csv(folder: Path, split: str, published: list[str], size: int) -> dict[
         inside(folder, image, f"listed in {listing.name} line {number}")
         if not image.is_file():
             raise DataError(f"{image}: missing (listed in {listing.name} line {number})")
-        part.setdefault(row[1], []).append(decode(folder_file(folder, image), size, str(image), colour=True))
+        part.setdefault(row[1], []).append(Encoded(str(folder), f"images/{row[0]}", size, colour=True))
     return part
 
 

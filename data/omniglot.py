@@ -4,16 +4,17 @@ import io
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from data import jpeg
-from data.files import IMAGE_BYTES, ArchiveBudget, bounded, folder_file, inside
+from data.files import IMAGE_BYTES, ArchiveBudget, bounded, inside
 from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, register_dataset, ways
 from data.sources import DataError
+from data.stream import Encoded
 
 
 def stored(image: Image.Image, size: int, colour: bool = False) -> np.ndarray:
@@ -47,9 +48,9 @@ def decode(raw: bytes, size: int, where: str, invert: bool = False, colour: bool
     return 255 - pixels if invert else pixels
 
 
-def zip_entries(path: Path, archive: zipfile.ZipFile) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:
-    """Each entry's path and reader (``None`` for a folder), refusing entries that would land outside the archive's
-    folder, and an archive whose entries decode to far more than its size, before any is read."""
+def zip_entries(path: Path, archive: zipfile.ZipFile) -> Iterator[tuple[PurePosixPath, str | None]]:
+    """Each entry's path and its name in the archive (``None`` for a folder), refusing entries that would land outside
+    the archive's folder, and an archive whose entries decode to far more than its size, before any is read."""
     budget = ArchiveBudget(path)
     for info in archive.infolist():
         name = PurePosixPath(info.filename.replace("\\", "/"))
@@ -57,7 +58,7 @@ def zip_entries(path: Path, archive: zipfile.ZipFile) -> Iterator[tuple[PurePosi
             raise DataError(f"{path}: entry {info.filename!r} would land outside the target folder")
         budget.spend(info.file_size)
     for info in archive.infolist():
-        yield PurePosixPath(info.filename.replace("\\", "/")), None if info.is_dir() else (lambda info=info: zip_member(path, archive, info))
+        yield PurePosixPath(info.filename.replace("\\", "/")), None if info.is_dir() else info.filename
 
 
 def zip_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
@@ -69,16 +70,17 @@ def zip_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> b
         raise DataError(f"{path}/{info.filename}: not a readable zip entry ({type(e).__name__}: {e})") from None
 
 
-def folder_entries(path: Path) -> Iterator[tuple[PurePosixPath, Callable[[], bytes] | None]]:
-    """Each file's path and reader (``None`` for a folder); nothing may resolve outside ``path``."""
+def folder_entries(path: Path) -> Iterator[tuple[PurePosixPath, str | None]]:
+    """Each file's path, twice (``None`` for a folder); nothing may resolve outside ``path``."""
     for item in sorted(path.rglob("*")):
         inside(path, item)
-        yield PurePosixPath(item.relative_to(path).as_posix()), None if item.is_dir() else (lambda item=item: folder_file(path, item))
+        name = item.relative_to(path).as_posix()
+        yield PurePosixPath(name), None if item.is_dir() else name
 
 
 def read(path: Path, data: DataConfig) -> Classes:
-    """Every character under ``path`` (a zip or a folder), keyed by (alphabet, character), each drawing a
-    ``data.image_size`` square; every file must be a readable image."""
+    """Every character under ``path`` (a zip or a folder), keyed by (alphabet, character), each drawing still
+    encoded, to become a ``data.image_size`` square where its batch is decoded; every file must be a readable image."""
     size = data.image_size
     if path.is_dir():
         return collect(path, folder_entries(path), size)
@@ -90,20 +92,20 @@ def read(path: Path, data: DataConfig) -> Classes:
 
 def collect(path: Path, entries, size: int) -> Classes:
     files, folders = {}, set()
-    for name, reader in entries:
-        if reader is None:
+    for name, member in entries:
+        if member is None:
             folders.add(name)
         else:
-            files[name] = reader
+            files[name] = member
     if not files:
         raise DataError(f"{path}: no images found (expected <alphabet>/<character>/*.png)")
     depths = {len(name.parts) for name in files}
     if len(depths) > 1 or depths.pop() < 3:
         raise DataError(f"{path}: images must all sit at <alphabet>/<character>/<image>, found {sorted(files)[0]}")
     classes: Classes = {}
-    for name, reader in sorted(files.items()):
+    for name, member in sorted(files.items()):
         key = (name.parts[-3], name.parts[-2])
-        classes.setdefault(key, []).append(decode(reader(), size, f"{path}/{name}", invert=True))
+        classes.setdefault(key, []).append(Encoded(str(path), member, size, invert=True))
     depth = len(next(iter(files)).parts) - 1
     for folder in folders:
         if len(folder.parts) == depth and (folder.parts[-2], folder.parts[-1]) not in classes:

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from data.stream import Sample
 from meta_core.tasks import ClassificationTasks, Stats, TaskShape
 
-# (group, class) -> the class's examples, each an array of one example's shape: what a reader returns.
-Classes = dict[tuple[str, str], list[np.ndarray]]
+# (group, class) -> the class's examples, each an array of one example's shape or an image still encoded
+# (``data.stream.Encoded``, decoded in batches as the split is written): what a reader returns.
+Classes = dict[tuple[str, str], list[Sample]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class DataConfig:
     image_column: str = "image"
     features: tuple[str, ...] | None = None
     cache_dir: str | None = None
+    prepare_cpus: int | None = None
+    prepare_memory_mb: int = 1024
+    delivery: str = "auto"
 
 
 @dataclass(frozen=True)

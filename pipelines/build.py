@@ -14,8 +14,11 @@ from pipelines.config import Config, ConfigError
 
 
 def prepared(config: Config) -> Path:
-    """The prepared dataset's folder (``data.prepare``), checked against the config's task shape."""
-    return data.prepare(config.data, config.seed, config.task)
+    """The prepared dataset's folder (``data.prepare``), checked against the config's task shape; a large data set
+    is decoded on the cluster that ``cluster.address`` names."""
+    from cluster.driver import connect
+
+    return data.prepare(config.data, config.seed, config.task, connect=lambda: connect(config.cluster.address))
 
 
 def learner(config: Config) -> Learner:

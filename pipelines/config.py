@@ -17,6 +17,7 @@ import yaml
 
 from cluster.config import ClusterConfig
 from data.registry import DATASETS, DataConfig, DatasetSpec
+from data.stream import MIN_MEMORY_MB
 from meta_core.registry import ALGORITHMS, MODELS, AlgorithmSpec, ModelSpec, Option, is_int, is_number
 from meta_core.tasks import TaskShape
 
@@ -274,6 +275,9 @@ RULES: dict[str, Rule] = {
         lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(f, str) for f in v)),
     ),
     "data.cache_dir": OPTIONAL_NAME,
+    "data.prepare_cpus": ("a non-negative integer or null", lambda v: v is None or (is_int(v) and v >= 0)),
+    "data.prepare_memory_mb": (f"an integer of at least {MIN_MEMORY_MB} (MiB)", lambda v: is_int(v) and v >= MIN_MEMORY_MB),
+    "data.delivery": one_of("auto", "shared_path", "object_store"),
     "task.ways": POSITIVE_INT,
     "task.shots": POSITIVE_INT,
     "task.queries": POSITIVE_INT,

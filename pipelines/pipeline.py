@@ -34,14 +34,15 @@ from pipelines.stages.register import register_stage
 from pipelines.stages.train import Checkpoint, train
 
 
-def load_splits(prepared: dict) -> dict:
-    """Arrays the workers draw tasks from: the prepared splits, or nothing for tasks drawn from a formula (where each
-    split is a stream of its own)."""
+def load_splits(prepared: dict, delivery: str = "auto") -> dict:
+    """Where the workers read the splits they draw tasks from (``data.delivery``: ``cluster.delivery``), or nothing for
+    tasks drawn from a formula (where each split is a stream of its own). The driver reads none of them."""
     if prepared["dataset"] is None:
         return {"train": None, "val": None, "test": None}
     import data
+    from cluster.delivery import deliver
 
-    return data.load_splits(Path(prepared["dataset"]))
+    return deliver(data.split_arrays(Path(prepared["dataset"])), delivery)
 
 
 class Context:
@@ -57,7 +58,7 @@ class Context:
         if self._session is None:
             connect(self.config.cluster.address)
             check_placeable(self.config.cluster)
-            self._session = Session.from_config(self.config, load_splits(self.outputs["prepare"]))
+            self._session = Session.from_config(self.config, load_splits(self.outputs["prepare"], self.config.data.delivery))
         return self._session
 
     def trained(self) -> Trained:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from cluster.delivery import Source
 from cluster.driver import MetaDriver, make_driver
 from cluster.pool import SPREAD
 from meta_core.algorithms import Algorithm
@@ -24,7 +25,7 @@ class Session:
         self._start_driver, self._driver = start_driver, None
 
     @classmethod
-    def from_config(cls, config: Config, splits: dict[str, np.ndarray | None], scheduling=SPREAD, driver=make_driver) -> "Session":
+    def from_config(cls, config: Config, splits: dict[str, Source], scheduling=SPREAD, driver=make_driver) -> "Session":
         """The learner's initial parameters (from ``seed``), and workers holding ``splits`` placed by ``scheduling``.
         ``driver`` is ``make_driver``'s signature: tests hand in a driver whose workers fail on purpose."""
         learner = build_learner(config)

@@ -69,7 +69,7 @@ class Sweep:
 
     def splits(self) -> dict:
         """What a trial's workers hold: the training and validation splits, never the test split."""
-        return {name: split for name, split in load_splits({"dataset": self.dataset}).items() if name != "test"}
+        return {name: split for name, split in load_splits({"dataset": self.dataset}, self.config.data.delivery).items() if name != "test"}
 
     def trial_run(self, trial_id: str):
         """The MLflow child run of trial ``trial_id``, or None before the driver opened it."""

@@ -6,6 +6,7 @@ import shutil
 
 import mlflow
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -38,7 +39,7 @@ def test_each_format_prepares_its_published_split_as_uint8_colour_images(tmp_pat
     assert manifest["splits"]["by"] == "published"
     for split, classes in published.items():
         assert splits[split].shape == (len(classes), PER_CLASS, 3, SIZE, SIZE) and splits[split].dtype == np.uint8
-    labels = data.dataset.pq.read_table(folder / "train.parquet", columns=["label"]).column("label").unique().to_pylist()
+    labels = pq.read_table(folder / "train.parquet", columns=["label"]).column("label").unique().to_pylist()
     assert sorted(label.split("/", 1)[1] for label in labels) == sorted(published["train"])
 
 

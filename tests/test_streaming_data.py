@@ -1,0 +1,139 @@
+"""Preparing in bounded batches and reading splits where they are used, on generated colour images
+(mini-ImageNet's folder form): the same bytes on 1 and 2 CPUs as in one process, a data set several times the memory
+bound prepared within it in every process, a driver whose memory does not grow with the data set, and training that
+ends with the same bits whichever way its workers read the splits."""
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+import data
+from benchmarks.stream_data import mini_imagenet_images
+from cluster.delivery import deliver
+from pipelines.build import prepared
+from pipelines.config import load
+from pipelines.session import Session
+from tests.conftest import start_local_ray
+
+MEMORY_MB = 32  # data.prepare_memory_mb's floor
+MiB = 1 << 20
+
+
+def config(source: Path, cache: Path, *overrides: str):
+    base = ["data.name=mini_imagenet", f"data.source={source}", f"data.cache_dir={cache}", "model.name=conv4", "model.width=4"]
+    task = ["task.ways=2", "task.shots=1", "task.queries=1", "train.meta_batch=3", "train.steps=3", "train.compile=false", "cluster.workers=2"]
+    return load(None, [*base, *task, *overrides])
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """300 PNGs of 12x12: 3 per class."""
+    return mini_imagenet_images(tmp_path_factory.mktemp("small"), 300, side=12)
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory) -> Path:
+    """1,000 small PNGs, stored at 224x224: 150 MB decoded, several times ``MEMORY_MB``."""
+    return mini_imagenet_images(tmp_path_factory.mktemp("large"), 1000, side=12)
+
+
+@pytest.fixture(scope="module")
+def large_prepared(ray_session, small, large, tmp_path_factory) -> tuple[dict, int, Path]:
+    """``large`` prepared on 2 CPUs within ``MEMORY_MB``, after ``small`` (its processes' own memory: 300 images at
+    224x224 fit in a few batches); the first's figures, the driver's memory before the second, and its folder."""
+    start_local_ray(ray_session)
+    cache, overrides = tmp_path_factory.mktemp("cache"), ["data.image_size=224", "data.prepare_cpus=2", f"data.prepare_memory_mb={MEMORY_MB}"]
+    baseline = data.preparation_of(prepared(config(small, cache, *overrides)))
+    driver_before = psutil.Process().memory_info().rss
+    return baseline, driver_before, prepared(config(large, cache, *overrides))
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet")) + sorted(folder.glob("*.npy"))}
+
+
+def decoded_by_hand(source: Path, split: str, size: int) -> np.ndarray:
+    """The split as a plain loop decodes it: each class's images in the CSV's order, resized with Lanczos, channels first."""
+    rows = [line.split(",") for line in (source / f"{split}.csv").read_text().splitlines()[1:]]
+    classes: dict[str, list] = {}
+    for name, label in rows:
+        image = Image.open(io.BytesIO((source / "images" / name).read_bytes())).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+        classes.setdefault(label, []).append(np.asarray(image).transpose(2, 0, 1))
+    n = min(len(images) for images in classes.values())
+    return np.stack([np.stack(images[:n]) for images in classes.values()])
+
+
+def test_one_and_two_cpus_write_the_same_bytes_as_one_process(ray_local, small, tmp_path):
+    folders = {cpus: prepared(config(small, tmp_path / f"cache{cpus}", "data.image_size=12", f"data.prepare_cpus={cpus}")) for cpus in (0, 1, 2)}
+    assert [data.preparation_of(f)["cpus"] for f in folders.values()] == [0, 1, 2]
+    assert files(folders[1]) == files(folders[0]) == files(folders[2])
+    assert data.manifest_of(folders[1]) == data.manifest_of(folders[0]) == data.manifest_of(folders[2])
+    arrays = data.load_splits(folders[2])
+    for split in ("train", "val", "test"):
+        assert np.array_equal(arrays[split], decoded_by_hand(small, split, 12))
+        column = pq.read_table(folders[2] / f"{split}.parquet", columns=["sample"]).column("sample").combine_chunks()
+        assert np.array_equal(column.flatten().to_numpy().reshape(arrays[split].shape), arrays[split])
+
+
+def test_a_data_set_several_times_the_memory_bound_prepares_within_it_in_every_process(large_prepared):
+    baseline, driver_before, folder = large_prepared
+    stats = data.preparation_of(folder)
+    decoded = stats["images"] * 3 * 224 * 224
+    assert decoded > 4 * MEMORY_MB * MiB
+    assert stats["driver_peak_mib"] * MiB - driver_before < MEMORY_MB * MiB
+    assert stats["worker_peak_mib"] - baseline["worker_peak_mib"] < MEMORY_MB
+
+
+def test_the_drivers_memory_does_not_grow_with_the_data_set(ray_local, small, large, large_prepared):
+    cache = large_prepared[2].parent
+
+    def grown(source: Path, delivery: str) -> tuple[int, int]:
+        """The driver's growth over a session's start and one step, and the splits' size."""
+        cfg = config(source, cache, "data.image_size=224")
+        arrays = data.split_arrays(prepared(cfg))
+        before = psutil.Process().memory_info().rss
+        with Session.from_config(cfg, deliver(arrays, delivery)) as session:
+            session.steps(0, 1)
+            return psutil.Process().memory_info().rss - before, sum(p.stat().st_size for p in arrays.values())
+
+    _, small_size = grown(small, "shared_path")  # the first session pays for what any session loads once
+    for delivery in ("shared_path", "object_store"):
+        growth, size = grown(large, delivery)
+        assert size > 3 * small_size
+        assert growth < size / 10, delivery
+
+
+def train(cfg, splits) -> torch.Tensor:
+    with Session.from_config(cfg, splits) as session:
+        session.steps(0, cfg.train.steps)
+        return session.flat.detach().clone()
+
+
+def test_training_on_splits_read_by_the_workers_ends_with_the_same_bits_as_on_arrays_held_by_the_driver(ray_local, small, tmp_path):
+    cfg = config(small, tmp_path, "data.image_size=16")
+    folder = prepared(cfg)
+    in_memory = {split: np.array(array) for split, array in data.load_splits(folder).items()}  # what the driver held before
+    reference = train(cfg, in_memory)
+    for delivery in ("shared_path", "object_store"):
+        assert torch.equal(train(cfg, deliver(data.split_arrays(folder), delivery)), reference), delivery
+
+
+def test_a_memory_bound_below_the_floor_is_one_line_naming_the_key(small, tmp_path):
+    with pytest.raises(ValueError, match=r"^config key 'data.prepare_memory_mb': expected an integer of at least 32 \(MiB\), got 8$"):
+        config(small, tmp_path, "data.prepare_memory_mb=8")
+
+
+def test_an_unreadable_image_decoded_on_ray_data_is_one_line_naming_it_and_leaves_nothing_behind(ray_local, tmp_path):
+    source = mini_imagenet_images(tmp_path / "source", 100, side=8)
+    victim = sorted((source / "images").iterdir())[7]
+    victim.write_bytes(b"not a png")
+    with pytest.raises(data.DataError, match=rf"^{victim}: not a readable image \(UnidentifiedImageError: [^\n]*$"):
+        prepared(config(source, tmp_path / "cache", "data.image_size=8", "data.prepare_cpus=1"))
+    assert not list((tmp_path / "cache").iterdir())
