@@ -116,10 +116,13 @@ def stream_options(remember: int, replay: bool) -> tuple[Option, ...]:
     )  # fmt: skip
 
 
-def learner_of(cls):
-    """``AlgorithmSpec.make`` for a stream learner: the task source's options are not the learner's."""
+TASK_OPTIONS = ("remember", "replay", "test_shots", "test_queries")  # the task source's (meta_core.trajectories), not the learner's
 
-    def make(network, kind, *, remember, replay, test_shots, test_queries, **options):
-        return cls(network, kind, **options)
+
+def learner_of(cls):
+    """``AlgorithmSpec.make`` for a stream learner, which takes every option but the task source's."""
+
+    def make(network, kind, **options):
+        return cls(network, kind, **{k: v for k, v in options.items() if k not in TASK_OPTIONS})
 
     return make
