@@ -20,8 +20,9 @@ class Pretrained(OML):
     def examples_loss(self, params: Params, task: Task):
         x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
         out = self.predict(self.weights(params), x)
-        loss = task_loss(self.kind, out, y)
-        return loss, {"meta_loss": loss.detach(), **self.query_metrics(None, Task(x, y, x, y), "post_adapt", out.detach())}
+        loss, examples = task_loss(self.kind, out, y), Task(x, y, x, y)
+        metrics = {p: self.query_metrics(None, examples, p, out.detach()) for p in ("pre_adapt", "post_adapt")}  # no adaptation: one figure
+        return loss, {"meta_loss": loss.detach(), **metrics["pre_adapt"], **metrics["post_adapt"]}
 
     def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
         return grad(self.examples_loss, has_aux=True)(params, task)
