@@ -13,6 +13,7 @@ from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.step import micro_batch_gradient
 from meta_core.tasks import Task, seeded_noise
 from meta_core.trajectories import TrajectoryTasks
+from pipelines import serving
 from pipelines.build import build_learner, task_source
 from pipelines.config import load
 from tests.cluster_helpers import splits, start, train
@@ -42,17 +43,24 @@ def trajectory(classes=(4, 7, 1), shots=2, queries=5, seed=0) -> Task:
     return Task(x, y, torch.rand(queries, SIDE, SIDE, generator=gen, dtype=torch.float64), torch.randint(0, CLASSES, (queries,), generator=gen))
 
 
-def by_hand(algo, params, task: Task, fast, second_order: bool) -> dict[str, torch.Tensor]:
-    """The meta-gradient written out: one SGD step per stream example, in order, on the ``fast`` weights, then the
-    query's cross-entropy differentiated back to every parameter with ``torch.autograd.grad``."""
-    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-    weights = dict(leaves)
+def by_hand_state(algo, params, task: Task, fast, second_order: bool = False) -> dict[str, torch.Tensor]:
+    """The weights after one SGD step per stream example, in order, on the ``fast`` weights, written out."""
+    weights = dict(params)
     for i in range(len(task.support_y)):
         loss = F.cross_entropy(functional_call(algo.model, weights, (task.support_x[i : i + 1],)), task.support_y[i : i + 1])
         names = [k for k in weights if fast(k)]
-        grads = torch.autograd.grad(loss, [weights[k] for k in names], create_graph=second_order)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss, [weights[k] for k in names], create_graph=second_order)
         for k, g in zip(names, grads, strict=True):
             weights[k] = weights[k] - LR * (g if second_order else g.detach())
+    return weights
+
+
+def by_hand(algo, params, task: Task, fast, second_order: bool) -> dict[str, torch.Tensor]:
+    """The meta-gradient written out: ``by_hand_state``, then the query's cross-entropy differentiated back to every
+    parameter with ``torch.autograd.grad``."""
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    weights = by_hand_state(algo, leaves, task, fast, second_order)
     outer = F.cross_entropy(functional_call(algo.model, weights, (task.query_x,)), task.query_y)
     return dict(zip(leaves, torch.autograd.grad(outer, list(leaves.values())), strict=True))
 
@@ -184,3 +192,24 @@ def test_workers_give_the_bits_of_one_process(lifelong_config, ray_local):
     expected = flat.detach().numpy()
     for workers in (1, 2):
         np.testing.assert_array_equal(train(config.with_values({"cluster.workers": workers})), expected)
+
+
+def test_the_served_learner_learns_the_request_stream_in_order_and_answers_its_queries(lifelong_config):
+    """Through the served model's predict: labels beyond the trained trajectory's ways, every class of the stream
+    learned by default, in request order (the stream reversed gives another answer)."""
+    config = lifelong_config("algorithm.reset=false", "algorithm.classes=12")
+    algo, params = build("oml")
+    algo.model.float()  # as served: float32 requests
+    params = {k: v.float() for k, v in params.items()}
+    model = serving.FewShotModel()
+    model.config, model.algo, model.params, model.shape = config, algo, params, (SIDE, SIDE)
+    model.max_steps = serving.max_adapt_steps(config)
+    task = Task(*(t.float() if t.is_floating_point() else t for t in trajectory(classes=(9, 2, 11), shots=2, queries=4)))
+    answered = model.predict(None, serving.request(task.support_x.numpy(), task.support_y.numpy(), task.query_x.numpy()))
+    state = by_hand_state(algo, {k: v.clone().requires_grad_() for k, v in params.items()}, task, FAST["oml"])
+    with torch.no_grad():
+        expected = F.softmax(functional_call(algo.model, state, (task.query_x,)), -1)
+    np.testing.assert_allclose(np.stack(answered["probabilities"]), expected.double().numpy(), rtol=1e-4, atol=1e-6)
+    backwards = Task(task.support_x.flip(0), task.support_y.flip(0), task.query_x, task.query_y)
+    reversed_answer = model.predict(None, serving.request(backwards.support_x.numpy(), backwards.support_y.numpy(), task.query_x.numpy()))
+    assert not np.allclose(np.stack(reversed_answer["probabilities"]), np.stack(answered["probabilities"]))
