@@ -9,7 +9,7 @@ from meta_core.algorithms.continual import StreamLearner, learner_of, stream_opt
 from meta_core.models import Params
 from meta_core.registry import AlgorithmSpec, no_head, register_algorithm
 
-NEUROMODULATION = "nm."
+NEUROMODULATION = "body.nm."  # the network is the body of a Classifier (continual.py)
 
 
 class ANML(StreamLearner):

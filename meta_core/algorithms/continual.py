@@ -41,13 +41,24 @@ def first_examples(labels: torch.Tensor) -> list[int]:
     return firsts
 
 
+class Classifier(nn.Module):
+    """``body``, a network without its head (``features`` values an example), and a linear ``head`` of one row a class."""
+
+    def __init__(self, body: nn.Module, classes: int):
+        super().__init__()
+        self.body, self.head = body, nn.Linear(body.features, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 class StreamLearner(MAML):
-    """A network whose head has ``classes`` rows (one per class a stream may hold: labels are ``0..classes-1``),
-    learning one example at a time. ``first_order`` holds the inner gradients constant (ANML's published code)."""
+    """A network (``Classifier``) whose head has ``classes`` rows (one per class a stream may hold: labels are
+    ``0..classes-1``), learning one example at a time. ``first_order`` holds the inner gradients constant (ANML's
+    published code)."""
 
     def __init__(self, model: nn.Module, kind: str, *, classes: int = 1000, reset: bool = True, test_lrs: list[float] | None = None, **kwargs):
-        model.head = nn.Linear(model.features, classes)
-        super().__init__(model, kind, **kwargs)
+        super().__init__(Classifier(model, classes), kind, **kwargs)
         self.outputs, self.reset = classes, reset
         self.draws_noise = reset
         self.test_lrs = list(test_lrs or [self.inner_lr])
@@ -58,12 +69,17 @@ class StreamLearner(MAML):
         row = torch.randn(1, w.shape[1], dtype=w.dtype, device=w.device) * math.sqrt(2.0 / w.shape[1])
         return {**weights, HEAD_WEIGHT: w.index_put((torch.tensor([label], device=w.device),), row)}
 
+    def stream_inputs(self, weights: Params, x: torch.Tensor) -> torch.Tensor:
+        """What the inner steps read of the stream's examples (and ``loss`` takes): the examples themselves."""
+        return x
+
     def adaptations(self, params: Params, task: Task, counts: list[int]) -> list[Params]:
         """The weights after the stream's first ``n`` classes, for each ``n`` of ``counts`` (ascending), in one pass."""
-        x, y = task.support_x, task.support_y
+        y = task.support_y
         firsts = first_examples(y)
         new_class = {i: int(y[i]) for i in firsts}
         weights, done, states = self.weights(params), 0, []
+        x = self.stream_inputs(weights, task.support_x)
         for n in counts:
             stop = firsts[n] if n < len(firsts) else len(y)
             for i in range(done, stop):
