@@ -212,3 +212,26 @@ def test_the_served_learner_learns_the_request_stream_in_order_and_answers_its_q
     backwards = Task(task.support_x.flip(0), task.support_y.flip(0), task.query_x, task.query_y)
     reversed_answer = model.predict(None, serving.request(backwards.support_x.numpy(), backwards.support_y.numpy(), task.query_x.numpy()))
     assert not np.allclose(np.stack(reversed_answer["probabilities"]), np.stack(answered["probabilities"]))
+
+
+# The authors' code, read independently of the configs: mrcl's oml_omniglot.py and README command (--tasks 3
+# --update_step 5 --update_lr 0.03 --meta_lr 1e-4, a random batch of 15, 5 new images per class, 1,000 outputs, six
+# convolutions of 256 at 84x84); ANML's mrcl_classification.py and README command (one class, --update_step 20,
+# --update_lr 0.1, --meta_lr 0.001, 20,000 steps, 64 to remember with the trajectory's own 20, 256 and 112 filters).
+AUTHORS = {
+    "oml": {"task.ways": 3, "task.shots": 5, "task.queries": 5, "algorithm.inner_lr": 0.03, "train.outer_lr": 1e-4, "algorithm.remember": 15,
+            "algorithm.replay": False, "algorithm.classes": 1000, "model.width": 256, "model.strides": [2, 1, 2, 1, 2, 2], "data.image_size": 84,
+            "train.meta_batch": 1, "algorithm.first_order": False},
+    "anml": {"task.ways": 1, "task.shots": 20, "task.queries": 0, "algorithm.inner_lr": 0.1, "train.outer_lr": 1e-3, "algorithm.remember": 64,
+             "algorithm.replay": True, "algorithm.classes": 1000, "model.width": 256, "model.nm_width": 112, "data.image_size": 28,
+             "train.meta_batch": 1, "train.steps": 20000},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS))
+def test_the_shipped_configs_hold_the_authors_hyperparameters_and_the_meta_test_protocol(name):
+    from pipelines.config import dotted_keys
+
+    keys = dotted_keys(load(name).as_dict())
+    assert {k: keys[k] for k in AUTHORS[name]} == AUTHORS[name]
+    assert keys["eval.steps"] == [10, 50, 100, 200, 600] and keys["algorithm.test_shots"] == 15 and keys["algorithm.test_queries"] == 5
