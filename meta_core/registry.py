@@ -70,7 +70,9 @@ class AlgorithmSpec:
     by gradient steps (else by reading the support set, and ``algorithm.inner_steps`` only names the
     evaluation row reported as post-adaptation). ``checkpointable``: its differentiated inner
     loop can be recomputed in the backward pass (``algorithm.checkpoint_inner``). ``higher_is_better``: the
-    metrics (``loss``, ``acc``) for which a larger value wins, for choosing a champion.
+    metrics (``loss``, ``acc``) for which a larger value wins, for choosing a champion. ``lifelong``: it learns
+    streams of classes, one example at a time: its tasks are ``meta_core.trajectories``' and the evaluate stage
+    runs the continual-learning protocol (``pipelines.stages.lifelong``).
     """
 
     name: str
@@ -83,6 +85,7 @@ class AlgorithmSpec:
     checkpointable: bool = False
     higher_is_better: tuple[str, ...] = ("acc",)
     head: Callable[[int], int | None] = task_outputs
+    lifelong: bool = False
 
 
 @dataclass(frozen=True)

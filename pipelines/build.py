@@ -10,6 +10,7 @@ from cluster.config import ClusterConfig, WorkerSetup
 from meta_core.algorithms import Algorithm
 from meta_core.registry import Learner
 from meta_core.step import OuterLoop, runs_vectorized, vectorized
+from meta_core.trajectories import trajectory_tasks
 from pipelines.config import Config, ConfigError
 
 
@@ -39,8 +40,14 @@ def build_learner(config: Config) -> Algorithm:
 
 
 def tasks(config: Config):
-    """``tasks(examples, split)``: a split's task source, able to serve the most adaptation steps training or evaluation takes."""
+    """``tasks(examples, split)``: a split's task source, able to serve the most adaptation steps training or evaluation
+    takes; a lifelong learner's are streams of classes (``meta_core.trajectories``) from the data set's examples."""
     adapt_steps = max(config.algorithm.inner_steps, *config.eval.steps)
+    if config.algorithm_spec.lifelong:
+        options, stats = dict(config.algorithm.options), config.dataset.stats
+        return functools.partial(
+            trajectory_tasks, shape=config.task, adapt_steps=adapt_steps, options=options, stats=stats, augment=config.data.augment
+        )
     return functools.partial(config.dataset.tasks, config.task, adapt_steps=adapt_steps, data=config.data)
 
 

@@ -280,7 +280,7 @@ RULES: dict[str, Rule] = {
     "data.delivery": one_of("auto", "shared_path", "object_store"),
     "task.ways": POSITIVE_INT,
     "task.shots": POSITIVE_INT,
-    "task.queries": POSITIVE_INT,
+    "task.queries": NON_NEGATIVE_INT,  # 0 only for a lifelong learner (from_dict)
     "task.horizon": POSITIVE_INT,
     "algorithm.inner_steps": NON_NEGATIVE_INT,
     "algorithm.inner_lr": POSITIVE_NUMBER,
@@ -407,6 +407,8 @@ def from_dict(config: dict) -> Config:
         raise ConfigError(
             f"config key 'algorithm.name': '{spec.name}' learns {' and '.join(spec.kinds)} tasks, data set '{dataset.name}' is {dataset.kind}"
         )
+    if config["task"]["queries"] == 0 and not spec.lifelong:
+        raise ConfigError("config key 'task.queries': expected a positive integer (only a lifelong learner's trajectories may have none), got 0")
     if spec.models and model_name not in spec.models:
         raise ConfigError(f"config key 'model.name': algorithm '{spec.name}' runs with {', '.join(spec.models)}, got '{model_name}'")
     if algorithm.checkpoint_inner and not spec.checkpointable:

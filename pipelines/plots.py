@@ -44,6 +44,12 @@ def adaptation_curve(eval_table: pd.DataFrame) -> Figure:
 
 
 def log_plots(train_run_id: str, eval_table: pd.DataFrame) -> None:
-    """Log ``learning_curve.png`` and ``adaptation_steps.png`` to the active run."""
+    """Log ``learning_curve.png`` and ``adaptation_steps.png`` to the active run; for a lifelong learner's meta-test,
+    its curves against classes learned instead of the latter (``pipelines.stages.lifelong.log``)."""
     mlflow.log_figure(learning_curve(train_run_id), "learning_curve.png")
-    mlflow.log_figure(adaptation_curve(eval_table), "adaptation_steps.png")
+    if "classes" in eval_table:
+        from pipelines.stages import lifelong
+
+        lifelong.log(eval_table)
+    else:
+        mlflow.log_figure(adaptation_curve(eval_table), "adaptation_steps.png")

@@ -16,6 +16,9 @@ or value) and, for classification, ``probabilities`` over the ways.
 ``adapt_steps`` (a predict-time param) defaults to the trained inner steps and
 may not exceed the maximum registered with the model (``max_adapt_steps``);
 learners that adapt by conditioning on the support set (ProtoNet...) ignore it.
+A lifelong learner (OML, ANML) learns the support rows as a stream, in request
+order, one SGD step each: ``adapt_steps`` is then the classes of the stream it
+learns, by default all of them.
 A request with a non-finite ``x`` or ``y`` is refused, naming the row.
 """
 
@@ -39,10 +42,16 @@ TRAINED = "trained"  # the artifact key of the learner's folder
 ADAPT_STEPS_MULTIPLE = 10  # the default most adaptation steps a request may ask for: this many times the trained ones
 
 
+def adapt_steps(config: Config) -> int:
+    """A request's adaptation unless it asks for another: the trained inner steps; for a lifelong learner, a count of
+    classes, its whole stream (as many classes as the learner has output rows)."""
+    return config.algorithm.options["classes"] if config.algorithm_spec.lifelong else config.algorithm.inner_steps
+
+
 def max_adapt_steps(config: Config) -> int:
-    """``register.max_adapt_steps``, else ``ADAPT_STEPS_MULTIPLE`` x the trained inner steps (at least that many): a
+    """``register.max_adapt_steps``, else ``ADAPT_STEPS_MULTIPLE`` x the default adaptation (at least that many): a
     request's adaptation must not keep the server busy long after its client gave up."""
-    return config.register.max_adapt_steps or ADAPT_STEPS_MULTIPLE * max(config.algorithm.inner_steps, 1)
+    return config.register.max_adapt_steps or ADAPT_STEPS_MULTIPLE * max(adapt_steps(config), 1)
 
 
 def input_shape(config: Config) -> tuple[int, ...]:
@@ -55,7 +64,7 @@ def signature(config: Config, kind: str) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("string", "set"), ColSpec(Array("double"), "x"), ColSpec("double", "y")]),
         outputs=Schema(outputs if kind == "classification" else [ColSpec("double", "prediction")]),
-        params=ParamSchema([ParamSpec("adapt_steps", "long", config.algorithm.inner_steps)]),
+        params=ParamSchema([ParamSpec("adapt_steps", "long", adapt_steps(config))]),
     )
 
 
@@ -76,7 +85,7 @@ class FewShotModel(PythonModel):
         self.max_steps = (context.model_config or {}).get("max_adapt_steps") or max_adapt_steps(self.config)  # older versions: the default
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        steps = int((params or {}).get("adapt_steps", self.algo.inner_steps))
+        steps = int((params or {}).get("adapt_steps", adapt_steps(self.config)))
         if not 0 <= steps <= self.max_steps:
             raise bad_request(f"adapt_steps: expected an integer from 0 to {self.max_steps} (this model's maximum), got {steps}")
         out = answer(self.algo, self.params, *self.tensors(model_input), steps).detach()
@@ -110,9 +119,9 @@ class FewShotModel(PythonModel):
             row = np.flatnonzero(frame["set"].to_numpy() == "support")[np.isinf(y)][0]
             raise bad_request(f"y: row {row} holds an infinite value")
         if self.algo.kind == "classification":
-            ways = self.config.task.ways
-            if not np.all((y == np.round(y)) & (y >= 0) & (y < ways)):
-                raise bad_request(f"y: support labels must be class ids 0..{ways - 1}")
+            classes = self.algo.outputs  # the ways; a lifelong learner's output rows
+            if not np.all((y == np.round(y)) & (y >= 0) & (y < classes)):
+                raise bad_request(f"y: support labels must be class ids 0..{classes - 1}")
             labels = torch.tensor(y).long()
         else:
             labels = torch.tensor(y).float().unsqueeze(-1)

@@ -18,6 +18,10 @@ def evaluate(session: Session, split: str = "test") -> tuple[dict[str, float], p
     ``eval.val_tasks`` tasks, metrics ``val_*``, so that nothing chosen on them is named like a test figure.
     """
     config = session.config
+    if config.algorithm_spec.lifelong:
+        from pipelines.stages import lifelong  # its own protocol: classes learned one after another
+
+        return lifelong.evaluate(session, split)
     inner = config.algorithm.inner_steps
     steps = sorted(set(config.eval.steps) | ({inner} if inner else set()))
     tasks, prefix = (config.eval.tasks, "eval") if split == "test" else (config.eval.val_tasks, "val")

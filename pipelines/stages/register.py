@@ -64,7 +64,7 @@ def register_stage(config: Config, trained: Trained, eval_metrics: dict[str, flo
         raise ValueError(f"register.metric: {metric} is not among the evaluation metrics ({', '.join(sorted(eval_metrics))})")
     value = float(eval_metrics[metric])
     trained_config = trained.config
-    kind, inner_steps = trained_config.dataset.kind, trained_config.algorithm.inner_steps
+    kind = trained_config.dataset.kind
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / serving.TRAINED
         folder.mkdir()
@@ -75,7 +75,7 @@ def register_stage(config: Config, trained: Trained, eval_metrics: dict[str, flo
             artifacts={serving.TRAINED: str(folder)},
             code_paths=code_paths(Path(tmp) / "code"),
             signature=serving.signature(trained_config, kind),
-            input_example=(input_example(trained_config, kind), {"adapt_steps": inner_steps}),
+            input_example=(input_example(trained_config, kind), {"adapt_steps": serving.adapt_steps(trained_config)}),
             pip_requirements=REQUIREMENTS,
             registered_model_name=name,
             model_config={"max_adapt_steps": serving.max_adapt_steps(config)},
