@@ -18,7 +18,7 @@ import time
 from benchmarks.common import SMALL_SETS
 
 OVERRIDES = [
-    "data.split=group", "data.test_size=3", "algorithm.name=oml", "model.name=oml_conv", "model.width=32", "model.strides=[2, 1, 2, 1]",
+    "data.split=group", "data.test_size=3", "data.rotations=false", "algorithm.name=oml", "model.name=oml_conv", "model.width=32", "model.strides=[2, 1, 2, 1]",
     "task.ways=3", "task.shots=5", "task.queries=5", "algorithm.remember=15", "algorithm.classes=150", "algorithm.inner_lr=0.03",
     "algorithm.test_lrs=[0.1, 0.03, 0.01]", "eval.steps=[10, 50]", "register.metric=eval_steps10_acc", "train.meta_batch=4", "train.compile=false",
 ]  # fmt: skip

@@ -59,6 +59,8 @@ def trajectory_tasks(examples: np.ndarray, split: str, *, shape: TaskShape, adap
     ``task.shots`` examples each, for training (augmented where ``data.augment``); streams of the most classes the
     evaluation learns (``adapt_steps``), ``algorithm.test_shots`` training and ``algorithm.test_queries`` held-out
     examples each, for testing and validation."""
+    if len(examples) > options["classes"]:
+        raise ValueError(f"algorithm.classes: {options['classes']} output rows, but the {split} split has {len(examples)} classes (labels)")
     if split == "train":
         return TrajectoryTasks(examples, shape.ways, shape.shots, shape.queries, options["remember"], options["replay"], stats, augment)
     try:
