@@ -19,7 +19,7 @@ import torch
 from cluster.allreduce import AllreduceDriver
 from cluster.config import ClusterConfig, WorkerSetup
 from cluster.pool import SPREAD, WorkerPool, broadcast, split
-from cluster.reduction import mean_gradient, mean_metrics, micro_batches
+from cluster.reduction import batch_metrics, mean_gradient, mean_metrics, micro_batches
 from cluster.worker import MetaWorker, from_wire
 from meta_core.flat import Layout
 
@@ -70,33 +70,41 @@ class Driver:
     ):
         """``worker_cls``: what its workers are, if not MetaWorkers (a subclass, in tests); ``scheduling`` places them."""
         self.meta_batch, self.micro_batches = setup.outer.meta_batch, micro_batches(setup.outer.meta_batch, setup.micro_batch)
+        self.outer_steps = setup.outer.steps_per_batch
         self.pool = WorkerPool(worker_cls or MetaWorker, setup, cluster, splits, layout, scheduling)
 
     @property
     def workers(self) -> list[ray.actor.ActorHandle]:
         return self.pool.workers
 
-    def mean_gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
+    def mean_gradient(self, flat: np.ndarray, step: int, behaviour: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
         """Mean meta-gradient (float64) over the meta-batch of ``step``, and mean metrics: each worker computes a
-        contiguous run of micro-batches, and their sums are added in micro-batch index order."""
+        contiguous run of micro-batches, and their sums are added in micro-batch index order. ``behaviour``: the
+        parameters the step's episodes are sampled with, where they are not ``flat`` (``Algorithm.sample``)."""
         params = broadcast(flat)
+        behaviour_args = () if behaviour is None else (broadcast(behaviour),)
         runs = [[self.micro_batches[k] for k in run] for run in split(len(self.micro_batches), len(self.workers))]
-        results = self.pool.run("micro_batch_gradients", [(params, step, run) for run in runs])
+        results = self.pool.run("micro_batch_gradients", [(params, step, run, *behaviour_args) for run in runs])
         gradients = (g for (wire, _), run in zip(results, runs, strict=True) for g in from_wire(wire).reshape(len(run), -1))
         return mean_gradient(gradients, self.meta_batch), mean_metrics((m for _, metrics in results for m in metrics), self.meta_batch)
 
     def steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> list[dict[str, float]]:
         """Meta-steps ``first`` to ``first + count - 1`` on ``flat`` and ``optimizer``, in place; each step's mean metrics.
 
-        Here each step is one round of calls: the meta-batch's mean meta-gradient
-        into ``flat.grad``, then the outer optimizer's step in this process.
+        Here each step is ``outer_steps`` rounds of calls, each the meta-batch's mean meta-gradient into
+        ``flat.grad``, then the outer optimizer's step in this process. Every round of a step reads the episodes
+        sampled with the parameters the step started from (its behaviour parameters), which each worker keeps.
         """
         metrics = []
         for step in range(first, first + count):
-            grad, step_metrics = self.mean_gradient(flat.detach().numpy(), step)
-            flat.grad = torch.from_numpy(grad.astype(np.float32))
-            optimizer.step()
-            metrics.append(step_metrics)
+            behaviour = flat.detach().numpy().copy() if self.outer_steps > 1 else None
+            rounds = []
+            for _ in range(self.outer_steps):
+                grad, round_metrics = self.mean_gradient(flat.detach().numpy(), step, behaviour)
+                flat.grad = torch.from_numpy(grad.astype(np.float32))
+                optimizer.step()
+                rounds.append(round_metrics)
+            metrics.append(batch_metrics(rounds))
         return metrics
 
     def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ there is exactly one implementation of "sum the meta-gradients of these tasks".
 
 import contextlib
 import functools
+import time
 import warnings
 
 import numpy as np
@@ -70,9 +71,33 @@ def compiled_or_eager(fn):
     return call
 
 
+def samples_episodes(algo: Algorithm) -> bool:
+    """Whether ``algo`` samples its tasks' episodes (``Algorithm.sample``): its meta-steps then report where their time goes."""
+    return type(algo).sample is not Algorithm.sample
+
+
+def sampled(
+    algo: Algorithm, source, behaviour: torch.Tensor, layout: Layout, seed: int, step: int, indices, device, cache: dict | None = None
+) -> tuple[list, dict]:  # fmt: skip
+    """The tasks ``indices`` of ``step`` as ``task_gradient`` reads them (``Algorithm.sample``), from the flat
+    ``behaviour`` parameters, and the metrics of sampling them. With ``cache``, a worker's dict, what it sampled for
+    this step is kept and given again for the same behaviour parameters (``Algorithm.outer_steps`` calls a step), with
+    no metrics: the first call reported them."""
+    key = (step, tuple(int(i) for i in indices))
+    kept = cache.get(key) if cache is not None else None
+    if kept is not None and torch.equal(kept[0], behaviour):
+        return kept[1], {}
+    tasks, metrics = algo.sample(unflatten(behaviour, layout), draw(source, seed, TRAIN, step, indices, device))
+    if cache is not None:
+        for old in [k for k in cache if k[0] != step]:
+            del cache[old]
+        cache[key] = (behaviour.clone(), tasks)
+    return tasks, metrics
+
+
 def micro_batch_gradient(
     algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool,
-    compiled: bool = False, pre_adapt: bool = True,
+    compiled: bool = False, pre_adapt: bool = True, behaviour: torch.Tensor | None = None, cache: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Sum over ``indices`` of each task's meta-gradient (float64, on the parameters' device), and summed metrics.
 
@@ -85,12 +110,16 @@ def micro_batch_gradient(
     (``cluster.reduction``).
     ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``
     (benchmarks/ measures what it saves). ``pre_adapt`` adds the pre-adaptation
-    query metrics, at the cost of a forward pass.
+    query metrics, at the cost of a forward pass. ``behaviour``: the flat parameters the tasks' episodes are
+    sampled with (``sampled``; by default ``flat_params``), and ``cache`` where a worker keeps them.
     """
     params, device = unflatten(flat_params, layout), flat_params.device
     vectorize = runs_vectorized(algo, vectorize)
-    tasks = draw(source, seed, TRAIN, step, indices, "cpu" if vectorize else device)
+    kept = cache if behaviour is not None else None  # one outer step per batch: nothing to keep
+    behaviour = flat_params if behaviour is None else behaviour
+    tasks, sample_metrics = sampled(algo, source, behaviour, layout, seed, step, indices, "cpu" if vectorize else device, kept)
     task_gradient = task_gradient_fn(algo, vectorize, compiled, pre_adapt)
+    started = time.perf_counter()
     if vectorize:  # stacked where drawn: one copy to the device per field, not one per task and field
         grads, metrics = task_gradient(params, stack(tasks).to(device))
         total = flatten({k: g.sum(0, dtype=torch.float64) for k, g in grads.items()}, torch.float64)
@@ -104,6 +133,8 @@ def micro_batch_gradient(
             total += flatten(grads, torch.float64)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+    if samples_episodes(algo):
+        sums.update({k: float(v) for k, v in sample_metrics.items()}, grad_s=time.perf_counter() - started)
     return total, sums
 
 
