@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from meta_core.envs import PointNavigation
 from meta_core.flat import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS, Learner
-from meta_core.envs import PointNavigation
 from meta_core.step import micro_batch_gradient
 from meta_core.tasks import ClassificationTasks, SinusoidTasks
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)

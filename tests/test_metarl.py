@@ -14,7 +14,6 @@ from cluster.worker import MetaWorker
 from meta_core.algorithms.maml_rl import MAMLRL
 from meta_core.algorithms.promp import ProMP
 from meta_core.envs import CTRL_COST, HalfCheetahDirection, HalfCheetahVelocity, PointNavigation
-from meta_core.flat import flatten
 from meta_core.rl import advantages, discounted_sums, fitted_baseline, run_episodes, stacked
 from meta_core.step import micro_batch_gradient
 from meta_core.tasks import task_rng

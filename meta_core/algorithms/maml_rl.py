@@ -108,8 +108,9 @@ class MAMLRL(Algorithm):
         return forward(self.model, adapted.weights, query_x)
 
     def query_metrics(self, adapted: Policy, task: EnvTask, prefix: str, out=None) -> Metrics:
-        """``<prefix>_loss``: minus the mean return of the adapted policy's episodes."""
-        return {f"{prefix}_loss": -mean_return(adapted.batch)}
+        """``<prefix>_return``: the mean return of the adapted policy's episodes; ``<prefix>_loss``: minus it."""
+        value = mean_return(adapted.batch)
+        return {f"{prefix}_loss": -value, f"{prefix}_return": value}
 
     def meta_loss(self, params: Params, samples: Batch):
         weights, steps = params, []
