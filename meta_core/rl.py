@@ -55,16 +55,18 @@ def stacked(params: Params, tasks: int) -> Params:
     return {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in params.items()}
 
 
-def run_episodes(policy: nn.Module, weights: Params, tasks: list[EnvTask], round_: int) -> tuple[Episodes, dict[str, float]]:
+def run_episodes(policy: nn.Module, weights: Params, tasks: list[EnvTask], round_: int, shared: bool = False) -> tuple[Episodes, dict[str, float]]:
     """Round ``round_`` of each task's episodes, all stepped as one batch, task ``i`` acting with ``weights``' row
-    ``i``; and the seconds spent stepping environments (``env_s``) and in the policy (``policy_s``)."""
+    ``i`` (or, ``shared``, every task with ``weights`` themselves: one forward pass a step); and the seconds spent
+    stepping environments (``env_s``) and in the policy (``policy_s``)."""
     family = tasks[0].family
     n_tasks, episodes, horizon = len(tasks), family.episodes, family.horizon
     goals = np.repeat(np.stack([t.goal.numpy() for t in tasks]).astype(np.float64), episodes, axis=0)
     seeds = np.concatenate([t.seeds[round_].numpy() for t in tasks])
     noise = torch.stack([t.noise[round_] for t in tasks])  # (tasks, episodes, horizon, action)
-    means = vmap(functools.partial(forward, policy))
-    std = weights["log_std"].exp().unsqueeze(1)  # (tasks, 1, action)
+    per_task = vmap(functools.partial(forward, policy))
+    means = (lambda w, obs: forward(policy, w, obs.flatten(0, 1)).view(*obs.shape[:2], -1)) if shared else per_task
+    std = weights["log_std"].exp().expand(n_tasks, -1).unsqueeze(1)  # (tasks, 1, action)
     env_s = policy_s = 0.0
     started = time.perf_counter()
     observation = family.reset(goals, seeds)

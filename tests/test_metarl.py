@@ -4,6 +4,7 @@ meta-gradients against their written-out maths, and ProMP's several outer steps 
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ from cluster.worker import MetaWorker
 from meta_core.algorithms.maml_rl import MAMLRL
 from meta_core.algorithms.promp import ProMP
 from meta_core.envs import CTRL_COST, HalfCheetahDirection, HalfCheetahVelocity, PointNavigation
+from meta_core.models import forward
 from meta_core.rl import advantages, discounted_sums, fitted_baseline, run_episodes, stacked
 from meta_core.step import micro_batch_gradient
 from meta_core.tasks import task_rng
-from pipelines.build import task_source
+from pipelines.build import build_learner, task_source
 from tests.cluster_helpers import config, start, train
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
 
@@ -211,3 +213,34 @@ def test_promp_outer_steps_on_workers_match_one_process_and_survive_a_killed_wor
     faulty = train(config("cluster.workers=2", *PROMP, name="pointnav"), killed_in_a_later_outer_step(marker))
     assert marker.exists(), "the fault was never injected"
     np.testing.assert_array_equal(faulty, two)
+
+
+def test_a_served_policy_adapts_to_a_requests_transitions_by_a_policy_gradient_step(tmp_path):
+    from pipelines.artifacts import Trained
+    from pipelines.config import load
+    from pipelines.serving import TRAINED, FewShotModel, bad_request, request
+
+    config = load("pointnav", ["task.horizon=5", "model.width=8"])
+    algo = build_learner(config)
+    params = algo.initial_params(0)
+    Trained("run", config, params).write(tmp_path)
+    model = FewShotModel()
+    model.load_context(SimpleNamespace(artifacts={TRAINED: str(tmp_path)}, model_config={}))
+    rng = np.random.default_rng(0)
+    observations, actions, rewards = rng.normal(size=(2, 5, 2)), rng.normal(size=(2, 5, 2)), -rng.random((2, 5))
+    queries = rng.normal(size=(3, 2)).astype(np.float32)
+    frame = request(np.concatenate([observations, actions], -1).reshape(10, 4), rewards.reshape(10), queries)
+    steps0, steps1 = (np.stack(model.predict(None, frame, {"adapt_steps": n})["action"]) for n in (0, 1))
+    q = torch.from_numpy(queries)
+    np.testing.assert_allclose(steps0, forward(algo.model, params, q).numpy(), rtol=1e-6, atol=1e-6)
+    # one step up the REINFORCE policy gradient of the recorded episodes, with per-task normalised GAE advantages
+    adv = torch.from_numpy(advantages(rewards, observations, np.ones((2, 5)), 0.99, 1.0)).float()
+    obs, act = torch.from_numpy(observations).float(), torch.from_numpy(actions).float()
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    mean, std = forward(algo.model, leaves, obs), leaves["log_std"].exp()
+    log_density = torch.distributions.Normal(mean, std).log_prob(act).sum(-1)
+    gradient = torch.autograd.grad((log_density * adv).mean(), list(leaves.values()))
+    adapted = {k: v + 0.1 * g for (k, v), g in zip(params.items(), gradient, strict=True)}
+    np.testing.assert_allclose(steps1, forward(algo.model, adapted, q).detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(type(bad_request("")), match="whole episodes of 5 support rows"):
+        model.predict(None, frame.drop(index=0), {"adapt_steps": 1})

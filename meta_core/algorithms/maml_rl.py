@@ -19,7 +19,8 @@ from meta_core.autodiff import grad
 from meta_core.envs import EnvTask
 from meta_core.models import Params, forward
 from meta_core.registry import AlgorithmSpec, positive_number, register_algorithm
-from meta_core.rl import DISCOUNT, Batch, log_prob, mean_return, processed, run_episodes, stacked, step_mean
+from meta_core.rl import DISCOUNT, Batch, Episodes, log_prob, mean_return, processed, run_episodes, stacked, step_mean
+from meta_core.tasks import Task
 
 
 class Policy(NamedTuple):
@@ -27,6 +28,13 @@ class Policy(NamedTuple):
 
     weights: Params
     batch: Batch
+
+
+def recorded(task: Task, observation: int) -> Episodes:
+    """Recorded episodes as a ``Task``: ``support_x`` each step's observation and action side by side, (episodes,
+    horizon, observation + action); ``support_y`` its reward, (episodes, horizon); every step taken."""
+    x, rewards = task.support_x, task.support_y
+    return Episodes(x[..., :observation], x[..., observation:], rewards, torch.ones_like(rewards))
 
 
 def round_of(samples: Batch, n: int) -> Batch:
@@ -71,8 +79,8 @@ class MAMLRL(Algorithm):
         weights, per_task = stacked(params, len(tasks)), [[] for _ in tasks]
         times = {"env_s": 0.0, "policy_s": 0.0}
         for n in range(count):
-            with torch.no_grad():
-                episodes, spent = run_episodes(self.model, weights, tasks, n)
+            with torch.no_grad():  # the first round's policy is the same for every task
+                episodes, spent = run_episodes(self.model, params if n == 0 else weights, tasks, n, shared=n == 0)
             for k, v in spent.items():
                 times[k] += v
             with torch.no_grad():
@@ -84,7 +92,8 @@ class MAMLRL(Algorithm):
                         )
                     )
             if n + 1 < count:
-                weights = {k: torch.stack([self.inner_step(*history[-1])[k].detach() for history in per_task]) for k in weights}
+                adapted = [self.inner_step(*history[-1]) for history in per_task]
+                weights = {k: torch.stack([w[k].detach() for w in adapted]) for k in weights}
         return per_task, times
 
     def sample(self, behaviour: Params, tasks: list[EnvTask]) -> tuple[list[Batch], Metrics]:
@@ -97,11 +106,23 @@ class MAMLRL(Algorithm):
         metrics = {"env_steps": steps, "sample_s": time.perf_counter() - started, **times}
         return samples, {k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()}
 
-    def adaptations(self, params: Params, task: EnvTask, counts: list[int]) -> list[Policy]:
+    def adaptations(self, params: Params, task: EnvTask | Task, counts: list[int]) -> list[Policy]:
         """The policy with its episodes after each of ``counts`` inner steps, each step on the episodes of the policy
-        before it. Episodes after ``n`` steps are the task's round ``n``."""
+        before it (episodes after ``n`` steps are the task's round ``n``). A ``Task`` of recorded transitions
+        (``recorded``, as a served request brings them) has no environment: each step adapts to those episodes."""
+        if isinstance(task, Task):
+            return self.adapted_to_recorded(params, recorded(task, self.input_shape[-1]), counts)
         (history,), _ = self.rounds(params, [task], max(counts, default=0) + 1)
         return [Policy(*history[n]) for n in counts]
+
+    def adapted_to_recorded(self, params: Params, episodes: Episodes, counts: list[int]) -> list[Policy]:
+        weights, states = params, []
+        with torch.no_grad():
+            batch = processed(self.model, params, episodes, DISCOUNT, self.gae_lambda)
+        for n in range(max(counts, default=0) + 1):
+            states += [Policy(weights, batch)] * counts.count(n)
+            weights = self.inner_step(weights, batch)
+        return states
 
     def predict(self, adapted: Policy, query_x: torch.Tensor) -> torch.Tensor:
         """The mean action in each state ``query_x``."""
