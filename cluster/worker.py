@@ -9,7 +9,7 @@ import torch
 
 from cluster.config import WorkerSetup
 from meta_core.flat import Layout
-from meta_core.step import evaluate_tasks, micro_batch_gradient, vectorized
+from meta_core.step import evaluate_tasks, micro_batch_gradient, micro_batch_query, vectorized
 from meta_core.tasks import STREAMS
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
@@ -97,6 +97,25 @@ class MetaWorker:
         behaviour = None if behaviour is None else self.params(behaviour)
         totals, sums = zip(*(self.micro_batch_gradient(params, step, indices, behaviour) for indices in micro_batches), strict=True)
         return to_wire(torch.stack(totals).float().cpu().numpy()), list(sums)
+
+    def query(
+        self,
+        flat: np.ndarray | bytes,
+        step: int,
+        micro_batches: list[list[int]],
+        behaviour: np.ndarray | bytes,
+        name: str,
+        vector: np.ndarray | bytes,
+    ) -> np.ndarray | bytes:
+        """Each micro-batch's summed ``task_query`` at ``flat`` on the step's episodes sampled with ``behaviour``, one
+        float32 row each, as ``micro_batch_gradients`` sends its gradients."""
+        params, behaviour, vector = self.params(flat), self.params(behaviour), torch.tensor(from_wire(vector), dtype=torch.float64)
+        train = self.sources["train"]
+        rows = [
+            micro_batch_query(self.algo, train, params, self.layout, self.seed, step, indices, name, vector, behaviour, self.samples)
+            for indices in micro_batches
+        ]
+        return to_wire(torch.stack(rows).float().cpu().numpy())
 
     def evaluate(self, flat: np.ndarray | bytes, split: str, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task metrics on tasks of ``split``, drawn from that split's stream; a split this worker was not given raises."""

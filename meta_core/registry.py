@@ -83,6 +83,7 @@ class AlgorithmSpec:
     checkpointable: bool = False
     higher_is_better: tuple[str, ...] = ("acc",)
     head: Callable[[int], int | None] = task_outputs
+    driver_step: bool = False  # several outer steps per sampled batch, or its own outer step: the driver's, not allreduce's
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,21 @@ def micro_batch_gradient(
     return total, sums
 
 
+def micro_batch_query(
+    algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, name: str, vector: torch.Tensor,
+    behaviour: torch.Tensor, cache: dict | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Sum over ``indices``, in their order and in float64, of ``algo.task_query(name, ...)`` at ``flat_params`` on
+    each task's data sampled with ``behaviour`` (``sampled``): what a learner's own outer step asks (``outer_update``)."""
+    params = unflatten(flat_params, layout)
+    tasks, _ = sampled(algo, source, behaviour, layout, seed, step, indices, flat_params.device, cache)
+    total = None
+    for task in tasks:
+        value = algo.task_query(name, params, task, vector)
+        total = value if total is None else total + value
+    return total
+
+
 def evaluate_tasks(
     algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, stream: int, indices, steps: list[int]
 ) -> dict[str, np.ndarray]:

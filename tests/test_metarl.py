@@ -11,14 +11,18 @@ import pytest
 import torch
 from torch import nn
 
+from cluster.reduction import micro_batches
 from cluster.worker import MetaWorker
 from meta_core.algorithms.maml_rl import MAMLRL
+from meta_core.algorithms.maml_trpo import MAMLTRPO
 from meta_core.algorithms.promp import ProMP
 from meta_core.envs import CTRL_COST, HalfCheetahDirection, HalfCheetahVelocity, PointNavigation
+from meta_core.flat import flatten, layout_of, unflatten
 from meta_core.models import forward
 from meta_core.rl import advantages, discounted_sums, fitted_baseline, run_episodes, stacked
-from meta_core.step import micro_batch_gradient
+from meta_core.step import micro_batch_gradient, micro_batch_query
 from meta_core.tasks import task_rng
+from meta_core.trust_region import conjugate_gradient, trust_region_step
 from pipelines.build import build_learner, task_source
 from tests.cluster_helpers import config, start, train
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
@@ -244,3 +248,65 @@ def test_a_served_policy_adapts_to_a_requests_transitions_by_a_policy_gradient_s
     np.testing.assert_allclose(steps1, forward(algo.model, adapted, q).detach().numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(type(bad_request("")), match="whole episodes of 5 support rows"):
         model.predict(None, frame.drop(index=0), {"adapt_steps": 1})
+
+
+def test_the_trust_region_step_solves_for_the_natural_gradient_and_backtracks_into_the_region():
+    rng = np.random.default_rng(0)
+    root = rng.normal(size=(5, 5))
+    fisher, gradient, flat = root @ root.T + np.eye(5), rng.normal(size=5), rng.normal(size=5)
+    np.testing.assert_allclose(conjugate_gradient(lambda v: fisher @ v, gradient, 5), np.linalg.solve(fisher, gradient), rtol=1e-6)
+    natural = np.linalg.solve(fisher, gradient)
+    full = natural * np.sqrt(2 * 0.01 / (natural @ fisher @ natural))  # where the quadratic KL model reaches max_kl
+
+    def surrogate(x):  # a linear loss along the gradient; a KL that is the quadratic model, doubled
+        d = x - flat
+        return float(gradient @ d), float(d @ fisher @ d)
+
+    new, found = trust_region_step(flat, gradient, lambda v: fisher @ v, surrogate, 0.01, 5, 0.0, 0.5, 10)
+    np.testing.assert_allclose(new, flat - 0.5 * full, rtol=1e-6)  # the full step's KL is 0.02: one halving fits
+    assert found["line_search_steps"] == 2 and found["kl"] <= 0.01
+    unchanged, _ = trust_region_step(flat, gradient, lambda v: fisher @ v, lambda x: (1.0, 0.0), 0.01, 5, 0.0, 0.5, 3)
+    np.testing.assert_array_equal(unchanged, flat)  # no candidate improves the loss: the step is not taken
+
+
+def test_maml_trpo_fisher_product_is_the_hessian_of_the_kl_after_adaptation():
+    policy = LinearPolicy()
+    algo = MAMLTRPO(policy, "rl", inner_lr=0.3, inner_steps=1)
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    (samples,), _ = algo.sample(params, [PointNavigation(episodes=4, horizon=6, rounds=2).sample(task_rng(0, 0, 2, 0))])
+    layout = layout_of(params)
+    kl = lambda flat: algo.kl(unflatten(flat, layout), samples)  # noqa: E731
+    hessian = torch.autograd.functional.hessian(kl, flatten(params))
+    vector = torch.from_numpy(np.random.default_rng(1).normal(size=hessian.shape[0]))
+    product = algo.task_query("fisher_product", params, samples, vector)
+    torch.testing.assert_close(product.float(), hessian @ vector.float(), rtol=1e-4, atol=1e-6)
+    assert float(kl(flatten(params))) < 1e-6  # at the sampling parameters the adapted policy is the sampler
+
+
+TRPO = ("train.steps=2", "algorithm.name=maml_trpo", "task.shots=3", "task.horizon=8", "model.width=8", "train.micro_batch=2")
+
+
+def test_maml_trpo_trust_region_steps_on_workers_match_one_process(ray_local):
+    """The reference adds float32 micro-batch sums in float64 and sends vectors in float32, as the driver does:
+    conjugate gradient amplifies any other rounding."""
+    cfg = config("cluster.workers=2", *TRPO, name="pointnav")
+    algo, layout, flat, _ = start(cfg)
+    source, cache, meta_batch = task_source(cfg), {}, cfg.train.meta_batch
+    parts = micro_batches(meta_batch, cfg.train.micro_batch)
+    flat = flat.detach()
+    for step in range(cfg.train.steps):
+        behaviour = flat.clone()
+
+        def query(name, at, vector, step=step, behaviour=behaviour):
+            at, vector = torch.from_numpy(np.asarray(at, np.float32)), torch.from_numpy(vector.astype(np.float32)).double()
+            rows = [micro_batch_query(algo, source, at, layout, cfg.seed, step, part, name, vector, behaviour, cache).float() for part in parts]
+            return sum(row.double() for row in rows).numpy() / meta_batch
+
+        rows = [
+            micro_batch_gradient(algo, source, flat, layout, cfg.seed, step, part, False, behaviour=behaviour, cache=cache)[0].float()
+            for part in parts
+        ]
+        new, found = algo.outer_update(flat.numpy(), sum(row.double() for row in rows).numpy() / meta_batch, query)
+        assert found["line_search_steps"] < algo.ls_max_steps  # a step was taken
+        flat = torch.from_numpy(np.asarray(new, np.float32))
+    np.testing.assert_allclose(train(cfg), flat.numpy(), rtol=1e-6, atol=1e-7)

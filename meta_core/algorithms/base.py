@@ -95,6 +95,17 @@ class Algorithm:
         """
         return tasks, {}
 
+    def outer_update(self, flat, gradient, query) -> tuple | None:
+        """Where the learner takes the outer step itself (a trust region): the new flat parameters (numpy) from ``flat``
+        and the meta-batch's mean meta-gradient ``gradient``, and metrics of the step, asking ``query(name, at,
+        vector)`` for the meta-batch's mean of ``task_query`` at the flat parameters ``at``. None: the outer optimizer
+        steps on ``gradient``."""
+        return None
+
+    def task_query(self, name: str, params: Params, task, vector: torch.Tensor) -> torch.Tensor:
+        """A flat float64 vector that ``outer_update`` asks of one task's sampled data (``sample``) at ``params``."""
+        raise NotImplementedError
+
     def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
         """This task's meta-gradient w.r.t. every meta-parameter, and its metrics. ``pre_adapt`` asks for the
         metrics before adapting too, where they cost extra work (workers ask only every few steps)."""

@@ -58,5 +58,6 @@ register_algorithm(
         ),
         kinds=("rl",),
         models=("policy",),
+        driver_step=True,
     )
 )
