@@ -94,8 +94,8 @@ class MetaWorker:
         bytes, and still the same bits wherever it is computed; ``to_wire``), and each one's summed metrics.
         ``behaviour``: the parameters the step's episodes are sampled with, where they are not ``flat``."""
         params = self.params(flat)
-        behaviour = None if behaviour is None else self.params(behaviour)
-        totals, sums = zip(*(self.micro_batch_gradient(params, step, indices, behaviour) for indices in micro_batches), strict=True)
+        kept = () if behaviour is None else (self.params(behaviour),)
+        totals, sums = zip(*(self.micro_batch_gradient(params, step, indices, *kept) for indices in micro_batches), strict=True)
         return to_wire(torch.stack(totals).float().cpu().numpy()), list(sums)
 
     def query(

@@ -310,3 +310,12 @@ def test_maml_trpo_trust_region_steps_on_workers_match_one_process(ray_local):
         assert found["line_search_steps"] < algo.ls_max_steps  # a step was taken
         flat = torch.from_numpy(np.asarray(new, np.float32))
     np.testing.assert_allclose(train(cfg), flat.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, algorithm", [("halfcheetah_dir", "promp"), ("halfcheetah_dir_trpo", "maml_trpo")])
+def test_allreduce_refuses_learners_whose_outer_steps_the_driver_coordinates(name, algorithm):
+    from pipelines.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=f"'cluster.aggregation': allreduce .* algorithm '{algorithm}' needs cluster.aggregation: driver"):
+        load(name, ["cluster.aggregation=allreduce"])
+    assert load("pointnav", ["cluster.aggregation=allreduce"]).algorithm.name == "maml_rl"  # one optimizer step a batch: allowed
