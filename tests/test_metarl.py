@@ -283,7 +283,7 @@ def test_maml_trpo_fisher_product_is_the_hessian_of_the_kl_after_adaptation():
     assert float(kl(flatten(params))) < 1e-6  # at the sampling parameters the adapted policy is the sampler
 
 
-TRPO = ("train.steps=2", "algorithm.name=maml_trpo", "task.shots=3", "task.horizon=8", "model.width=8", "train.micro_batch=2")
+TRPO = ("train.steps=2", "algorithm.name=maml_trpo", "algorithm.cg_iters=3", "task.shots=3", "task.horizon=8", "model.width=8", "train.micro_batch=2")
 
 
 def test_maml_trpo_trust_region_steps_on_workers_match_one_process(ray_local):
