@@ -116,12 +116,13 @@ class MAMLRL(Algorithm):
         return [Policy(*history[n]) for n in counts]
 
     def adapted_to_recorded(self, params: Params, episodes: Episodes, counts: list[int]) -> list[Policy]:
+        """After each of ``counts`` inner steps, every one on ``episodes`` (advantages and sampler as at ``params``)."""
         weights, states = params, []
         with torch.no_grad():
             batch = processed(self.model, params, episodes, DISCOUNT, self.gae_lambda)
         for n in range(max(counts, default=0) + 1):
+            weights = weights if n == 0 else self.inner_step(weights, batch)
             states += [Policy(weights, batch)] * counts.count(n)
-            weights = self.inner_step(weights, batch)
         return states
 
     def predict(self, adapted: Policy, query_x: torch.Tensor) -> torch.Tensor:
