@@ -319,3 +319,18 @@ def test_allreduce_refuses_learners_whose_outer_steps_the_driver_coordinates(nam
     with pytest.raises(ConfigError, match=f"'cluster.aggregation': allreduce .* algorithm '{algorithm}' needs cluster.aggregation: driver"):
         load(name, ["cluster.aggregation=allreduce"])
     assert load("pointnav", ["cluster.aggregation=allreduce"]).algorithm.name == "maml_rl"  # one optimizer step a batch: allowed
+
+
+def test_evaluation_reports_returns_per_adaptation_step_and_each_tasks_adaptation_delta():
+    from pipelines.stages.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    before, after = rng.normal(-40, 5, size=30), rng.normal(-15, 5, size=30)
+    per_task = {"steps0_return": before, "steps0_loss": -before, "steps1_return": after, "steps1_loss": -after}
+    config = SimpleNamespace(algorithm=SimpleNamespace(inner_steps=1), eval=SimpleNamespace(steps=(1,), tasks=30))
+    session = SimpleNamespace(config=config, evaluate=lambda split, tasks, steps: per_task)
+    metrics, table = evaluate(session)
+    delta = after - before
+    assert metrics["eval_adaptation_delta"] == pytest.approx(delta.mean())
+    assert metrics["eval_adaptation_delta_ci95"] == pytest.approx(1.96 * delta.std(ddof=1) / np.sqrt(30))
+    assert metrics["eval_post_adapt_return"] == pytest.approx(after.mean()) and list(table["return"]) == pytest.approx([before.mean(), after.mean()])
