@@ -173,8 +173,8 @@ def test_inner_objectives_meta_gradient_matches_its_written_out_maths(algorithm,
     assert metrics["return_post"] - metrics["return_pre"] == metrics["adaptation_delta"]
 
 
-PROMP = ("train.steps=3", "algorithm.name=promp", "algorithm.outer_steps=2", "task.shots=3", "task.horizon=8", "model.width=8", "train.micro_batch=2")
-FAULT_STEP = 2
+PROMP = ("train.steps=2", "algorithm.name=promp", "algorithm.outer_steps=2", "task.shots=3", "task.horizon=8", "model.width=8", "train.micro_batch=2")
+FAULT_STEP = 1
 
 
 def one_process(cfg) -> np.ndarray:
