@@ -7,6 +7,7 @@ the workers. Both cut the meta-batch into the same micro-batches and add them up
 in the same order (``cluster.pool``), so both end with the same bits.
 """
 
+import functools
 import os
 import signal
 import threading
@@ -19,8 +20,9 @@ import torch
 from cluster.allreduce import AllreduceDriver
 from cluster.config import ClusterConfig, WorkerSetup
 from cluster.delivery import Source
-from cluster.pool import SPREAD, WorkerPool, broadcast, mean_gradient, mean_metrics, micro_batches, split
-from cluster.worker import MetaWorker, from_wire
+from cluster.pool import SPREAD, WorkerPool, batch_metrics, broadcast, mean_gradient, mean_metrics, micro_batches, split
+from cluster.worker import MetaWorker, from_wire, to_wire
+from meta_core.algorithms import Algorithm
 from meta_core.models import Layout
 
 
@@ -70,33 +72,61 @@ class Driver:
     ):
         """``worker_cls``: what its workers are, if not MetaWorkers (a subclass, in tests); ``scheduling`` places them."""
         self.meta_batch, self.micro_batches = setup.outer.meta_batch, micro_batches(setup.outer.meta_batch, setup.micro_batch)
+        self.outer_steps = setup.outer.steps_per_batch
+        self.learner = setup.learner.build()  # for a learner that takes the outer step itself (Algorithm.outer_update)
+        self.own_step = type(self.learner).outer_update is not Algorithm.outer_update
         self.pool = WorkerPool(worker_cls or MetaWorker, setup, cluster, splits, layout, scheduling)
 
     @property
     def workers(self) -> list[ray.actor.ActorHandle]:
         return self.pool.workers
 
-    def mean_gradient(self, flat: np.ndarray, step: int) -> tuple[np.ndarray, dict[str, float]]:
+    def mean_gradient(self, flat: np.ndarray, step: int, behaviour: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
         """Mean meta-gradient (float64) over the meta-batch of ``step``, and mean metrics: each worker computes a
-        contiguous run of micro-batches, and their sums are added in micro-batch index order."""
+        contiguous run of micro-batches, and their sums are added in micro-batch index order. ``behaviour``: the
+        parameters the step's episodes are sampled with, where they are not ``flat`` (``Algorithm.sample``)."""
         params = broadcast(flat)
+        behaviour_args = () if behaviour is None else (broadcast(behaviour),)
         runs = [[self.micro_batches[k] for k in run] for run in split(len(self.micro_batches), len(self.workers))]
-        results = self.pool.run("micro_batch_gradients", [(params, step, run) for run in runs])
+        results = self.pool.run("micro_batch_gradients", [(params, step, run, *behaviour_args) for run in runs])
         gradients = (g for (wire, _), run in zip(results, runs, strict=True) for g in from_wire(wire).reshape(len(run), -1))
         return mean_gradient(gradients, self.meta_batch), mean_metrics((m for _, metrics in results for m in metrics), self.meta_batch)
+
+    def mean_query(self, flat: np.ndarray, step: int, behaviour: np.ndarray, name: str, vector: np.ndarray) -> np.ndarray:
+        """The meta-batch's mean of the learner's ``task_query`` at ``flat``, on the step's episodes sampled with
+        ``behaviour``, added up as ``mean_gradient`` adds gradients."""
+        params, kept, wire = broadcast(flat.astype(np.float32)), broadcast(behaviour), to_wire(vector.astype(np.float32))
+        runs = [[self.micro_batches[k] for k in run] for run in split(len(self.micro_batches), len(self.workers))]
+        results = self.pool.run("query", [(params, step, run, kept, name, wire) for run in runs])
+        return mean_gradient((row for wire, run in zip(results, runs, strict=True) for row in from_wire(wire).reshape(len(run), -1)), self.meta_batch)
 
     def steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> list[dict[str, float]]:
         """Meta-steps ``first`` to ``first + count - 1`` on ``flat`` and ``optimizer``, in place; each step's mean metrics.
 
-        Here each step is one round of calls: the meta-batch's mean meta-gradient
-        into ``flat.grad``, then the outer optimizer's step in this process.
+        Here each step is ``outer_steps`` rounds of calls, each the meta-batch's mean meta-gradient, then the outer
+        step in this process: the optimizer's on ``flat.grad``, or the learner's own (``Algorithm.outer_update``),
+        which asks the workers more of their tasks (``mean_query``). Every round and query of a step reads the
+        episodes sampled with the parameters the step started from (its behaviour parameters), which each worker keeps.
         """
         metrics = []
         for step in range(first, first + count):
-            grad, step_metrics = self.mean_gradient(flat.detach().numpy(), step)
-            flat.grad = torch.from_numpy(grad.astype(np.float32))
-            optimizer.step()
-            metrics.append(step_metrics)
+            behaviour = flat.detach().numpy().copy() if self.outer_steps > 1 or self.own_step else None
+            rounds = []
+            for _ in range(self.outer_steps):
+                grad, round_metrics = self.mean_gradient(flat.detach().numpy(), step, behaviour)
+                if self.own_step:
+                    query = functools.partial(self.mean_query, step=step, behaviour=behaviour)
+                    new, step_metrics = self.learner.outer_update(
+                        flat.detach().numpy(), grad, lambda name, at, v, query=query: query(at, name=name, vector=v)
+                    )
+                    with torch.no_grad():
+                        flat.copy_(torch.from_numpy(np.asarray(new, np.float32)))
+                    round_metrics.update(step_metrics)
+                else:
+                    flat.grad = torch.from_numpy(grad.astype(np.float32))
+                    optimizer.step()
+                rounds.append(round_metrics)
+            metrics.append(batch_metrics(rounds))
         return metrics
 
     def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:

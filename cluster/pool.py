@@ -70,6 +70,16 @@ def mean_metrics(metrics: Iterable[Mapping[str, float]], meta_batch: int) -> dic
     return {k: v / meta_batch for k, v in sums.items()}
 
 
+def batch_metrics(rounds: list[Mapping[str, float]]) -> dict[str, float]:
+    """A meta-step's metrics from those of its outer steps on one sampled batch: the first's (they describe the batch
+    as sampled), with every duration (a key ending in ``_s``) added up over the outer steps."""
+    out = dict(rounds[0])
+    for k in out:
+        if k.endswith("_s"):
+            out[k] = sum(r.get(k, 0.0) for r in rounds)
+    return out
+
+
 def broadcast(flat: np.ndarray) -> bytes | ray.ObjectRef:
     """What each worker's call carries: the parameters in the object store once, shared by every call (and
     zero-copy on every worker of a node), or, when Ray would inline them anyway, inside each call

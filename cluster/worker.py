@@ -10,7 +10,7 @@ import torch
 from cluster.config import WorkerSetup
 from cluster.delivery import Source, readable
 from meta_core.models import Layout
-from meta_core.step import evaluate_tasks, micro_batch_gradient, vectorized
+from meta_core.step import evaluate_tasks, micro_batch_gradient, micro_batch_query, vectorized
 from meta_core.tasks import STREAMS
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
@@ -74,24 +74,51 @@ class MetaWorker:
         self.sources = {name: setup.tasks(readable(source), split=name) for name, source in splits.items()}
         self.seed, self.layout, self.pre_adapt_every = setup.seed, layout, setup.pre_adapt_every
         self.vectorize, self.compiled = vectorized(setup.vectorize, setup.learner.model.name, use_gpu), setup.compile
+        self.samples: dict = {}  # a meta-step's sampled episodes, for its later outer steps (meta_core.step.sampled)
 
     def params(self, flat: np.ndarray | bytes) -> torch.Tensor:
         return torch.tensor(from_wire(flat), device=self.device)  # a copy: object-store arrays are read-only
 
-    def micro_batch_gradient(self, params: torch.Tensor, step: int, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Summed meta-gradient (float64, on the worker's device) and metrics of one micro-batch at ``params``; pre-adaptation metrics every few steps."""
+    def micro_batch_gradient(
+        self, params: torch.Tensor, step: int, indices: list[int], behaviour: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed meta-gradient (float64, on the worker's device) and metrics of one micro-batch at ``params``; pre-adaptation metrics every few
+        steps. Episodes sampled with ``behaviour`` are kept for the step's later outer steps."""
         pre_adapt = step % self.pre_adapt_every == 0
         train = self.sources["train"]
-        return micro_batch_gradient(self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled, pre_adapt)
+        return micro_batch_gradient(
+            self.algo, train, params, self.layout, self.seed, step, indices, self.vectorize, self.compiled, pre_adapt, behaviour, self.samples
+        )  # fmt: skip
 
     def micro_batch_gradients(
-        self, flat: np.ndarray | bytes, step: int, micro_batches: list[list[int]]
+        self, flat: np.ndarray | bytes, step: int, micro_batches: list[list[int]], behaviour: np.ndarray | bytes | None = None
     ) -> tuple[np.ndarray | bytes, list[dict[str, float]]]:
         """Each micro-batch's summed meta-gradient, one float32 row each (summed in float64, then rounded once: half the
-        bytes, and still the same bits wherever it is computed; ``to_wire``), and each one's summed metrics."""
+        bytes, and still the same bits wherever it is computed; ``to_wire``), and each one's summed metrics.
+        ``behaviour``: the parameters the step's episodes are sampled with, where they are not ``flat``."""
         params = self.params(flat)
-        totals, sums = zip(*(self.micro_batch_gradient(params, step, indices) for indices in micro_batches), strict=True)
+        kept = () if behaviour is None else (self.params(behaviour),)
+        totals, sums = zip(*(self.micro_batch_gradient(params, step, indices, *kept) for indices in micro_batches), strict=True)
         return to_wire(torch.stack(totals).float().cpu().numpy()), list(sums)
+
+    def query(
+        self,
+        flat: np.ndarray | bytes,
+        step: int,
+        micro_batches: list[list[int]],
+        behaviour: np.ndarray | bytes,
+        name: str,
+        vector: np.ndarray | bytes,
+    ) -> np.ndarray | bytes:
+        """Each micro-batch's summed ``task_query`` at ``flat`` on the step's episodes sampled with ``behaviour``, one
+        float32 row each, as ``micro_batch_gradients`` sends its gradients."""
+        params, behaviour, vector = self.params(flat), self.params(behaviour), torch.tensor(from_wire(vector), dtype=torch.float64)
+        train = self.sources["train"]
+        rows = [
+            micro_batch_query(self.algo, train, params, self.layout, self.seed, step, indices, name, vector, behaviour, self.samples)
+            for indices in micro_batches
+        ]
+        return to_wire(torch.stack(rows).float().cpu().numpy())
 
     def evaluate(self, flat: np.ndarray | bytes, split: str, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task metrics on tasks of ``split``, drawn from that split's stream; a split this worker was not given raises."""

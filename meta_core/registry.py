@@ -86,6 +86,7 @@ class AlgorithmSpec:
     higher_is_better: tuple[str, ...] = ("acc",)
     head: Callable[[int], int | None] = task_outputs
     lifelong: bool = False
+    driver_step: bool = False  # several outer steps per sampled batch, or its own outer step: the driver's, not allreduce's
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ and one outer optimizer (``OuterLoop``) for the driver and every all-reduce rank
 
 import contextlib
 import functools
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -72,9 +73,33 @@ def compiled_or_eager(fn):
     return call
 
 
+def samples_episodes(algo: Algorithm) -> bool:
+    """Whether ``algo`` samples its tasks' episodes (``Algorithm.sample``): its meta-steps then report where their time goes."""
+    return type(algo).sample is not Algorithm.sample
+
+
+def sampled(
+    algo: Algorithm, source, behaviour: torch.Tensor, layout: Layout, seed: int, step: int, indices, device, cache: dict | None = None
+) -> tuple[list, dict]:  # fmt: skip
+    """The tasks ``indices`` of ``step`` as ``task_gradient`` reads them (``Algorithm.sample``), from the flat
+    ``behaviour`` parameters, and the metrics of sampling them. With ``cache``, a worker's dict, what it sampled for
+    this step is kept and given again for the same behaviour parameters (``Algorithm.outer_steps`` calls a step), with
+    no metrics: the first call reported them."""
+    key = (step, tuple(int(i) for i in indices))
+    kept = cache.get(key) if cache is not None else None
+    if kept is not None and torch.equal(kept[0], behaviour):
+        return kept[1], {}
+    tasks, metrics = algo.sample(unflatten(behaviour, layout), draw(source, seed, TRAIN, step, indices, device))
+    if cache is not None:
+        for old in [k for k in cache if k[0] != step]:
+            del cache[old]
+        cache[key] = (behaviour.clone(), tasks)
+    return tasks, metrics
+
+
 def micro_batch_gradient(
     algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, vectorize: bool,
-    compiled: bool = False, pre_adapt: bool = True,
+    compiled: bool = False, pre_adapt: bool = True, behaviour: torch.Tensor | None = None, cache: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Sum over ``indices`` of each task's meta-gradient (float64, on the parameters' device), and summed metrics.
 
@@ -87,12 +112,16 @@ def micro_batch_gradient(
     (``cluster.pool``).
     ``compiled`` runs the per-task (or vmap-ed) function through ``torch.compile``
     (benchmarks/ measures what it saves). ``pre_adapt`` adds the pre-adaptation
-    query metrics, at the cost of a forward pass.
+    query metrics, at the cost of a forward pass. ``behaviour``: the flat parameters the tasks' episodes are
+    sampled with (``sampled``; by default ``flat_params``), and ``cache`` where a worker keeps them.
     """
     params, device = unflatten(flat_params, layout), flat_params.device
     vectorize = runs_vectorized(algo, vectorize)
-    tasks = draw(source, seed, TRAIN, step, indices, "cpu" if vectorize else device)
+    kept = cache if behaviour is not None else None  # one outer step per batch: nothing to keep
+    behaviour = flat_params if behaviour is None else behaviour
+    tasks, sample_metrics = sampled(algo, source, behaviour, layout, seed, step, indices, "cpu" if vectorize else device, kept)
     task_gradient = task_gradient_fn(algo, vectorize, compiled, pre_adapt)
+    started = time.perf_counter()
     if vectorize:  # stacked where drawn: one copy to the device per field, not one per task and field
         grads, metrics = task_gradient(params, stack(tasks).to(device))
         total = flatten({k: g.sum(0, dtype=torch.float64) for k, g in grads.items()}, torch.float64)
@@ -106,7 +135,24 @@ def micro_batch_gradient(
             total += flatten(grads, torch.float64)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+    if samples_episodes(algo):
+        sums.update({k: float(v) for k, v in sample_metrics.items()}, grad_s=time.perf_counter() - started)
     return total, sums
+
+
+def micro_batch_query(
+    algo: Algorithm, source, flat_params: torch.Tensor, layout: Layout, seed: int, step: int, indices, name: str, vector: torch.Tensor,
+    behaviour: torch.Tensor, cache: dict | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Sum over ``indices``, in their order and in float64, of ``algo.task_query(name, ...)`` at ``flat_params`` on
+    each task's data sampled with ``behaviour`` (``sampled``): what a learner's own outer step asks (``outer_update``)."""
+    params = unflatten(flat_params, layout)
+    tasks, _ = sampled(algo, source, behaviour, layout, seed, step, indices, flat_params.device, cache)
+    total = None
+    for task in tasks:
+        value = algo.task_query(name, params, task, vector)
+        total = value if total is None else total + value
+    return total
 
 
 def evaluate_tasks(
@@ -123,11 +169,13 @@ def evaluate_tasks(
 
 @dataclass(frozen=True)
 class OuterLoop:
-    """Tasks per meta-step and the outer optimizer: Adam (the MAML default) or plain SGD (Reptile's classic step)."""
+    """Tasks per meta-step and the outer optimizer: Adam (the MAML default) or plain SGD (Reptile's classic step);
+    ``steps_per_batch`` optimizer steps on each meta-step's sampled batch (``Algorithm.outer_steps``)."""
 
     meta_batch: int
     optimizer: str = "adam"
     lr: float = 1e-3
+    steps_per_batch: int = 1
 
     def make_optimizer(self, flat: torch.Tensor) -> torch.optim.Optimizer:
         if self.optimizer == "adam":

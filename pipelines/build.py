@@ -56,7 +56,8 @@ def task_source(config: Config, examples: np.ndarray | None = None, split: str =
 
 
 def outer_loop(config: Config) -> OuterLoop:
-    return OuterLoop(config.train.meta_batch, config.train.optimizer, config.train.outer_lr)
+    """The outer optimizer, taking the algorithm's ``outer_steps`` option's steps on each sampled batch (one without it)."""
+    return OuterLoop(config.train.meta_batch, config.train.optimizer, config.train.outer_lr, config.algorithm.options.get("outer_steps", 1))
 
 
 def check_placeable(cluster: ClusterConfig) -> None:

@@ -432,6 +432,11 @@ def from_dict(config: dict) -> Config:
             f"config key 'cluster.steps_per_call': more than 1 needs cluster.aggregation: allreduce "
             f"(there the workers take the outer step themselves), got {cluster.steps_per_call}"
         )
+    if cluster.aggregation == "allreduce" and spec.driver_step:
+        raise ConfigError(
+            f"config key 'cluster.aggregation': allreduce takes one optimizer step per sampled batch, "
+            f"algorithm '{spec.name}' needs cluster.aggregation: driver"
+        )
     evaluation = EvalConfig(config["eval"]["tasks"], tuple(config["eval"]["steps"]), config["eval"]["val_tasks"])
     register = RegisterConfig(**config["register"])
     check_register(register, algorithm, evaluation, dataset)

@@ -229,8 +229,10 @@ def resume(run_id: str, tracking_uri: str | None = None, restart: bool = False) 
 def report(metrics: dict[str, float]) -> str:
     lines = ["evaluation (mean +- 95% interval):"]
     for name in ("pre_adapt", "post_adapt"):
-        for metric in ("loss", "acc"):
+        for metric in ("loss", "acc", "return"):
             key = f"eval_{name}_{metric}"
             if key in metrics:
                 lines.append(f"  {name:<10} {metric}: {metrics[key]:.4f} +- {metrics[key + '_ci95']:.4f}")
+    if "eval_adaptation_delta" in metrics:
+        lines.append(f"  adaptation_delta (return): {metrics['eval_adaptation_delta']:.4f} +- {metrics['eval_adaptation_delta_ci95']:.4f}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from matplotlib.figure import Figure  # the object API: no pyplot state, no disp
 from mlflow.tracking import MlflowClient
 
 PHASES = ("pre_adapt", "post_adapt")
-NAMES = {"loss": "loss", "acc": "accuracy"}
+NAMES = {"loss": "loss", "acc": "accuracy", "return": "return"}
 
 
 def smoothed(values: np.ndarray) -> np.ndarray:
@@ -34,8 +34,8 @@ def learning_curve(train_run_id: str) -> Figure:
 
 
 def adaptation_curve(eval_table: pd.DataFrame) -> Figure:
-    """Held-out query accuracy (loss for regression) after 0..k adaptation steps, with 95% intervals."""
-    metric = "acc" if "acc" in eval_table else "loss"
+    """Held-out query accuracy (loss for regression, return for meta-RL) after 0..k adaptation steps, with 95% intervals."""
+    metric = next(m for m in ("acc", "return", "loss") if m in eval_table)
     figure = Figure(figsize=(5, 3.5), layout="constrained")
     ax = figure.subplots()
     ax.errorbar(eval_table["adapt_steps"], eval_table[metric], yerr=eval_table[f"{metric}_ci95"], marker="o", capsize=3)

@@ -13,6 +13,13 @@ A request is one task, one row per example:
 
 The answer has one row per query, in request order: ``prediction`` (class id
 or value) and, for classification, ``probabilities`` over the ways.
+
+A meta-RL policy adapts to a task's recorded transitions instead: each support
+row is one step, ``x`` its observation and action side by side and ``y`` its
+reward, in time order, in whole episodes of the trained ``task.horizon``
+steps; each query row's ``x`` is an observation, and the answer's ``action``
+is the adapted policy's mean action there. Each adaptation step is a
+policy-gradient step on those episodes.
 ``adapt_steps`` (a predict-time param) defaults to the trained inner steps and
 may not exceed the maximum registered with the model (``max_adapt_steps``);
 learners that adapt by conditioning on the support set (ProtoNet...) ignore it.
@@ -60,10 +67,14 @@ def input_shape(config: Config) -> tuple[int, ...]:
 
 
 def signature(config: Config, kind: str) -> ModelSignature:
-    outputs = [ColSpec("long", "prediction"), ColSpec(Array("double"), "probabilities")]
+    outputs = {
+        "classification": [ColSpec("long", "prediction"), ColSpec(Array("double"), "probabilities")],
+        "regression": [ColSpec("double", "prediction")],
+        "rl": [ColSpec(Array("double"), "action")],
+    }[kind]
     return ModelSignature(
         inputs=Schema([ColSpec("string", "set"), ColSpec(Array("double"), "x"), ColSpec("double", "y")]),
-        outputs=Schema(outputs if kind == "classification" else [ColSpec("double", "prediction")]),
+        outputs=Schema(outputs),
         params=ParamSchema([ParamSpec("adapt_steps", "long", adapt_steps(config))]),
     )
 
@@ -91,6 +102,8 @@ class FewShotModel(PythonModel):
         out = answer(self.algo, self.params, *self.tensors(model_input), steps).detach()
         if self.algo.kind == "regression":
             return pd.DataFrame({"prediction": out.squeeze(-1).double().numpy()})
+        if self.algo.kind == "rl":
+            return pd.DataFrame({"action": list(out.double().numpy())})
         probabilities = out.softmax(-1).double().numpy()
         return pd.DataFrame({"prediction": probabilities.argmax(-1), "probabilities": list(probabilities)})
 
@@ -103,6 +116,8 @@ class FewShotModel(PythonModel):
         if unknown:
             raise bad_request(f"set: expected 'support' or 'query', got {sorted(unknown)}")
         size = int(np.prod(self.shape))
+        if self.algo.kind == "rl":
+            return self.transitions(frame, size)
         lengths = {len(x) for x in frame["x"]}
         if lengths != {size}:
             raise bad_request(f"x: expected {size} values per row (shape {self.shape}, flattened), got {sorted(lengths)}")
@@ -126,6 +141,25 @@ class FewShotModel(PythonModel):
         else:
             labels = torch.tensor(y).float().unsqueeze(-1)
         return self.stack(support["x"]), labels, self.stack(query["x"])
+
+    def transitions(self, frame: pd.DataFrame, observation: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A meta-RL request's episodes, (episodes, horizon, observation + action) with their rewards, and its query
+        observations, checked against the trained policy."""
+        step = observation + self.config.dataset.outputs(self.config.task)
+        support, query = frame[frame["set"] == "support"], frame[frame["set"] == "query"]
+        for rows, size, what in ((support, step, "a support row's observation and action"), (query, observation, "a query row's observation")):
+            lengths = {len(x) for x in rows["x"]}
+            if lengths - {size}:
+                raise bad_request(f"x: expected {size} values in {what}, got {sorted(lengths - {size})}")
+        values = [np.asarray(x, dtype=np.float64) for x in frame["x"]] + [support["y"].to_numpy(dtype=np.float64)]
+        if not all(np.isfinite(v).all() for v in values):
+            raise bad_request("x, y: a request holds a NaN or infinite value, or a support row without its reward")
+        horizon = self.config.task.horizon
+        if support.empty or query.empty or len(support) % horizon:
+            raise bad_request(f"set: expected whole episodes of {horizon} support rows (steps, in time order) and at least one query row")
+        x = torch.from_numpy(np.stack(support["x"].to_numpy()).astype(np.float32)).view(-1, horizon, step)
+        rewards = torch.from_numpy(support["y"].to_numpy(dtype=np.float32)).view(-1, horizon)
+        return x, rewards, torch.from_numpy(np.stack(query["x"].to_numpy()).astype(np.float32))
 
     def stack(self, column: pd.Series) -> torch.Tensor:
         x = torch.from_numpy(np.stack(column.to_numpy()).astype(np.float32)).reshape(-1, *self.shape)

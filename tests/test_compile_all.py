@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from meta_core.envs import PointNavigation
 from meta_core.models import flatten, layout_of
 from meta_core.registry import ALGORITHMS, MODELS, Learner
-from meta_core.rl import PointGoals
 from meta_core.step import micro_batch_gradient
 from meta_core.tasks import ClassificationTasks, SinusoidTasks
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
@@ -26,7 +26,7 @@ def tiny(name: str):
     elif "regression" in spec.kinds:
         model, kind, shape, outputs, source = MODELS["mlp"], "regression", (1,), 1, SinusoidTasks(5, 5)
     else:
-        model, kind, shape, outputs, source = MODELS["policy"], "rl", (2,), 2, PointGoals(rollouts=2, horizon=4, rounds=3)
+        model, kind, shape, outputs, source = MODELS["policy"], "rl", (2,), 2, PointNavigation(episodes=2, horizon=4, rounds=3)
     model_options = {"width": 8} if kind == "rl" else {}
     algo = Learner(spec, model, kind, shape, outputs, inner_steps=2, inner_lr=0.1, model_options=model_options).build()
     return algo, source, algo.initial_params(0)

@@ -178,3 +178,35 @@ def test_a_paper_configs_figure_and_its_protocol_reach_the_columns_compare_reads
         mlflow.log_metrics({"eval_post_adapt_acc": 0.45, "eval_post_adapt_acc_ci95": 0.02, "eval_steps10_acc": 0.47, "eval_steps10_acc_ci95": 0.02})
     row = table(mlflow.search_runs([active.info.experiment_id])).iloc[0]
     assert (row.published, row.published_protocol, row.at_published) == (0.487, "10 steps, 600 tasks", 0.47)
+
+
+# The meta-RL configs (`pipelines/configs/`), transcribed from each source (not from the YAML files): episodes per
+# round, their horizon, tasks a meta-step, the inner step and its count, the policy's hidden units, meta-steps; for
+# ProMP also its outer rate, outer steps per sampled batch, clipping range, inner KL coefficient and GAE lambda.
+# ProMP: jonasrothfuss/ProMP, run_scripts/pro-mp_run_mujoco.py (Rothfuss et al. 2019 use it for Figure 2).
+PROMP_2019 = {"episodes": 20, "horizon": 100, "meta_batch": 40, "inner_lr": 0.1, "inner_steps": 1, "width": 64, "steps": 1001}
+PROMP_2019 |= {"outer_lr": 1e-3, "outer_steps": 5, "clip_eps": 0.3, "kl_coeff": 5e-4, "gae_lambda": 1.0}
+# MAML-TRPO: tristandeleu/pytorch-maml-rl, configs/maml/halfcheetah-{dir,vel}.yaml, and its trust region.
+TRPO_MAML = {"episodes": 20, "horizon": 100, "meta_batch": 40, "inner_lr": 0.1, "inner_steps": 1, "width": 64, "steps": 500, "gae_lambda": 1.0}
+TRPO_MAML |= {"max_kl": 1e-2, "cg_iters": 10, "cg_damping": 1e-5, "ls_max_steps": 15, "ls_backtrack": 0.8}
+RL_PAPERS = {
+    "halfcheetah_dir": PROMP_2019,
+    "halfcheetah_vel": PROMP_2019,
+    "halfcheetah_dir_trpo": TRPO_MAML,
+    "halfcheetah_vel_trpo": TRPO_MAML,
+    # Finn et al. 2017, section 5.3: 20 trajectories of 100 steps, one inner step of 0.1, 20 tasks a meta-batch, two
+    # hidden layers of 100 units; 100 iterations in the authors' code (cbfinn/maml_rl, maml_trpo_point.py).
+    "pointnav": {"episodes": 20, "horizon": 100, "meta_batch": 20, "inner_lr": 0.1, "inner_steps": 1, "width": 100, "steps": 100},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RL_PAPERS))
+def test_each_meta_rl_config_takes_every_hyperparameter_its_source_states(name):
+    cfg = load(name)
+    ours = {
+        "episodes": cfg.task.shots, "horizon": cfg.task.horizon, "meta_batch": cfg.train.meta_batch, "inner_lr": cfg.algorithm.inner_lr,
+        "inner_steps": cfg.algorithm.inner_steps, "width": cfg.model.options["width"], "steps": cfg.train.steps, "outer_lr": cfg.train.outer_lr,
+        **{k: cfg.algorithm.options.get(k) for k in ("outer_steps", "clip_eps", "kl_coeff", "gae_lambda", "max_kl", "cg_iters", "cg_damping")},
+        **{k: cfg.algorithm.options.get(k) for k in ("ls_max_steps", "ls_backtrack")},
+    }  # fmt: skip
+    assert {k: ours[k] for k in RL_PAPERS[name]} == RL_PAPERS[name]

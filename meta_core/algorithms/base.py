@@ -28,8 +28,9 @@ The families to come fit without special cases:
   and whose ``inner_step`` is one pass over the task's stream (its support set, in order), one SGD step per
   example; ``task_gradient`` differentiates the outer loss (the query set, plus a replay of the stream) through
   ``adapt``, as MAML does; ``predict`` is the network with the adapted weights.
-- Meta-RL: the task is an environment (``meta_core.rl``'s goal and exploration noise); ProMP and MAML-TRPO are
-  ``maml_rl``'s adaptation with another outer surrogate in ``task_gradient``; RL2 has no inner gradient: its state
+- Meta-RL: the task is an environment (``meta_core.envs``: a goal, and every episode's seed and exploration
+  noise); ``sample`` runs its episodes, and ``task_gradient`` reads them; ProMP (``promp.py``) is ``maml_rl``'s
+  adaptation with another inner and outer surrogate, and ``outer_steps`` on each sampled batch; RL2 has no inner gradient: its state
   is the recurrent policy's hidden state after ``n`` episodes of the task, and ``task_gradient`` is the policy
   gradient of the whole multi-episode trial. ``query_metrics`` is then minus the mean return of the state's
   rollouts, as ``maml_rl`` reports it.
@@ -69,6 +70,8 @@ class Algorithm:
     draws_noise = False
     # Whether its differentiated inner loop is recomputed in the backward pass (``GradientLearner``); never vmap-ed then.
     checkpoint_inner = False
+    # Outer steps the driver takes on one sampled batch (``sample``): several for ProMP, one elsewhere.
+    outer_steps = 1
 
     def __init__(self, model: nn.Module, kind: str, *, outputs: int | None = None, inner_steps: int = 1, input_shape: tuple[int, ...] | None = None):
         self.model, self.kind, self.outputs = model, kind, outputs
@@ -81,6 +84,27 @@ class Algorithm:
     def initial_params(self, seed: int) -> Params:
         """The meta-parameters training starts from: the model's weights drawn from ``seed``, then ``init``."""
         return self.init(init_params(self.model, seed))
+
+    def sample(self, behaviour: Params, tasks: list) -> tuple[list, Metrics]:
+        """What ``task_gradient`` reads of each of a share's tasks, and metrics of drawing it (summed over the tasks).
+
+        The tasks themselves for a few-shot learner; for a meta-RL learner, their episodes, run by the ``behaviour``
+        parameters (those at the start of the meta-step) and the policies adapted from them, all of the tasks'
+        environments stepped as one batch. A pure function of its arguments, so a worker may keep it for the
+        meta-step's ``outer_steps`` and a replacement recomputes it.
+        """
+        return tasks, {}
+
+    def outer_update(self, flat, gradient, query) -> tuple | None:
+        """Where the learner takes the outer step itself (a trust region): the new flat parameters (numpy) from ``flat``
+        and the meta-batch's mean meta-gradient ``gradient``, and metrics of the step, asking ``query(name, at,
+        vector)`` for the meta-batch's mean of ``task_query`` at the flat parameters ``at``. None: the outer optimizer
+        steps on ``gradient``."""
+        return None
+
+    def task_query(self, name: str, params: Params, task, vector: torch.Tensor) -> torch.Tensor:
+        """A flat float64 vector that ``outer_update`` asks of one task's sampled data (``sample``) at ``params``."""
+        raise NotImplementedError
 
     def task_gradient(self, params: Params, task: Task, pre_adapt: bool = True) -> tuple[Params, Metrics]:
         """This task's meta-gradient w.r.t. every meta-parameter, and its metrics. ``pre_adapt`` asks for the

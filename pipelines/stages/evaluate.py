@@ -29,7 +29,7 @@ def evaluate(session: Session, split: str = "test") -> tuple[dict[str, float], p
     rows = []
     for n in [0, *steps]:
         row = {"adapt_steps": n}
-        for metric in ("loss", "acc"):
+        for metric in ("loss", "acc", "return"):
             if f"steps{n}_{metric}" in per_task:
                 row[metric], row[f"{metric}_ci95"] = mean_ci95(per_task[f"steps{n}_{metric}"])
         rows.append(row)
@@ -42,4 +42,7 @@ def evaluate(session: Session, split: str = "test") -> tuple[dict[str, float], p
     for _, row in table.iterrows():
         for col in row.index.drop("adapt_steps"):
             metrics[f"{prefix}_steps{int(row.adapt_steps)}_{col}"] = float(row[col])
+    if "steps0_return" in per_task and inner:  # meta-RL: what adapting adds to each task's return
+        delta = per_task[f"steps{inner}_return"] - per_task["steps0_return"]
+        metrics[f"{prefix}_adaptation_delta"], metrics[f"{prefix}_adaptation_delta_ci95"] = mean_ci95(delta)
     return metrics, table

@@ -27,6 +27,9 @@ def input_example(config: Config, kind: str) -> pd.DataFrame:
     """A task of the trained shape with random inputs: shows the request format and checks the model answers it."""
     task, rng = config.task, np.random.default_rng(config.seed)
     shape = serving.input_shape(config)
+    if kind == "rl":  # one episode of transitions (observation and action, reward) and two observations
+        step = (*shape[:-1], shape[-1] + config.dataset.outputs(task))
+        return serving.request(rng.random((task.horizon, *step)), rng.uniform(-1.0, 0.0, task.horizon), rng.random((2, *shape)))
     if kind == "classification":
         labels, queries = np.repeat(np.arange(task.ways), task.shots), task.ways
     else:
@@ -55,9 +58,6 @@ def beats(value: float, holder: ModelVersion | None, metric: Metric) -> bool:
 
 def register_stage(config: Config, trained: Trained, eval_metrics: dict[str, float]) -> dict:
     """Log the model in the active run, register a new version, and move the alias if it is the best so far."""
-    if config.dataset.kind == "rl":
-        print("register: skipped, a policy answers an environment, not a request")
-        return {}
     spec = config.register
     name, alias, metric = spec.model_name or tracking.task_name(config), spec.alias, spec.metric
     if metric not in eval_metrics:

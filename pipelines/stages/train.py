@@ -162,6 +162,9 @@ class Training:
         step_s = (time.perf_counter() - started) / count
         for step, metrics in enumerate(per_step, start=self.done):
             metrics.update(step_s=step_s, tasks_per_s=self.train.meta_batch / step_s)
+            if "env_steps" in metrics:  # a meta-RL step: its environment steps over the whole meta-batch, and their rate
+                metrics["env_steps"] *= self.train.meta_batch
+                metrics["env_steps_per_s"] = metrics["env_steps"] / step_s
             self.rates.append(metrics["tasks_per_s"])
             self.losses.add(metrics, step)
             if not math.isfinite(metrics["meta_loss"]):
