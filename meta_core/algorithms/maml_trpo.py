@@ -13,8 +13,7 @@ import torch
 
 from meta_core.algorithms.maml_rl import MAMLRL, round_of
 from meta_core.autodiff import grad
-from meta_core.flat import flatten, layout_of, unflatten
-from meta_core.models import Params
+from meta_core.models import Params, flatten, layout_of, unflatten
 from meta_core.registry import AlgorithmSpec, positive_int, positive_number, register_algorithm
 from meta_core.rl import Batch, kl_from_sampler, log_prob, step_mean
 from meta_core.trust_region import trust_region_step
