@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from cluster.delivery import readable
 from meta_core.algorithms.continual import first_examples
 from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.step import micro_batch_gradient
@@ -164,7 +165,7 @@ def lifelong_config(omniglot, tmp_path_factory):
 
 def test_meta_train_and_meta_test_classes_are_disjoint(lifelong_config):
     config = lifelong_config()
-    prepared = splits(config)
+    prepared = {name: readable(source) for name, source in splits(config).items()}
 
     def pixels(array: np.ndarray) -> set[bytes]:
         return {image.tobytes() for image in array.reshape(-1, SIDE, SIDE)}
@@ -182,7 +183,7 @@ def test_meta_train_and_meta_test_classes_are_disjoint(lifelong_config):
 def test_workers_give_the_bits_of_one_process(lifelong_config, ray_local):
     """Three trajectories a step (each with its own output rows drawn afresh), on 1 and on 2 workers."""
     config = lifelong_config("train.meta_batch=3", "train.steps=2", "train.optimizer=sgd", "train.outer_lr=0.1")
-    examples = splits(config)["train"]
+    examples = readable(splits(config)["train"])
     _, layout, flat, optimizer = start(config)
     for step in range(config.train.steps):  # the meta-batch's mean meta-gradient, every trajectory in this process
         total, _ = micro_batch_gradient(build_learner(config), task_source(config, examples), flat, layout, config.seed, step, range(3), False)

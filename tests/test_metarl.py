@@ -18,6 +18,7 @@ from meta_core.algorithms.maml_trpo import MAMLTRPO
 from meta_core.algorithms.promp import ProMP
 from meta_core.envs import CTRL_COST, HalfCheetahDirection, HalfCheetahVelocity, PointNavigation
 from meta_core.models import flatten, forward, layout_of, unflatten
+from meta_core.registry import ALGORITHMS
 from meta_core.rl import advantages, discounted_sums, fitted_baseline, run_episodes, stacked
 from meta_core.step import micro_batch_gradient, micro_batch_query
 from meta_core.tasks import task_rng
@@ -326,7 +327,9 @@ def test_evaluation_reports_returns_per_adaptation_step_and_each_tasks_adaptatio
     rng = np.random.default_rng(0)
     before, after = rng.normal(-40, 5, size=30), rng.normal(-15, 5, size=30)
     per_task = {"steps0_return": before, "steps0_loss": -before, "steps1_return": after, "steps1_loss": -after}
-    config = SimpleNamespace(algorithm=SimpleNamespace(inner_steps=1), eval=SimpleNamespace(steps=(1,), tasks=30))
+    config = SimpleNamespace(
+        algorithm=SimpleNamespace(inner_steps=1), algorithm_spec=ALGORITHMS["maml_rl"], eval=SimpleNamespace(steps=(1,), tasks=30)
+    )
     session = SimpleNamespace(config=config, evaluate=lambda split, tasks, steps: per_task)
     metrics, table = evaluate(session)
     delta = after - before
