@@ -28,7 +28,7 @@ MiB = 1 << 20
 
 def config(source: Path, cache: Path, *overrides: str):
     base = ["data.name=mini_imagenet", f"data.source={source}", f"data.cache_dir={cache}", "model.name=conv4", "model.width=4"]
-    task = ["task.ways=2", "task.shots=1", "task.queries=1", "train.meta_batch=3", "train.steps=3", "train.compile=false", "cluster.workers=2"]
+    task = ["task.ways=2", "task.shots=1", "task.queries=1", "train.meta_batch=3", "train.steps=2", "train.compile=false", "cluster.workers=1"]
     return load(None, [*base, *task, *overrides])
 
 
