@@ -105,3 +105,31 @@ def test_rl2_on_one_and_two_workers_gives_the_same_bits(ray_local):
     np.testing.assert_array_equal(two, one)
     cfg = config(*RL2, name="pointnav")
     assert np.abs(two - flatten(build_learner(cfg).initial_params(cfg.seed)).numpy()).max() > 1e-4  # it trained
+
+
+def test_a_served_rl2_policy_reads_a_requests_episodes_through_its_recurrent_state(tmp_path):
+    from types import SimpleNamespace
+
+    from pipelines.artifacts import Trained
+    from pipelines.serving import TRAINED, FewShotModel, bad_request, request
+
+    cfg, algo, params, _ = tiny()
+    Trained("run", cfg, params).write(tmp_path)
+    model = FewShotModel()
+    model.load_context(SimpleNamespace(artifacts={TRAINED: str(tmp_path)}, model_config={}))
+    rng = np.random.default_rng(0)
+    observations, actions, rewards = rng.normal(size=(2, 4, 2)), rng.normal(size=(2, 4, 2)), -rng.random((2, 4))
+    queries = rng.normal(size=(3, 2)).astype(np.float32)
+    frame = request(np.concatenate([observations, actions], -1).reshape(8, 4), rewards.reshape(8), queries)
+    trial = [torch.from_numpy(x).float().reshape(1, 8, -1) for x in (observations, actions, rewards[..., None])]
+    for n in (0, 1, 2):
+        served = np.stack(model.predict(None, frame, {"adapt_steps": n})["action"])
+        # the episodes read, then each query as the first step of the next episode
+        per_query = [
+            reference_means(params, torch.cat([trial[0][:, : 4 * n], torch.from_numpy(q).view(1, 1, 2)], 1),
+                            torch.cat([trial[1][:, : 4 * n], torch.zeros(1, 1, 2)], 1), trial[2][:, : 4 * n + 1, 0], 4)[0, -1]
+            for q in queries
+        ]  # fmt: skip
+        np.testing.assert_allclose(served, torch.stack(per_query).detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(type(bad_request("")), match="adapt_steps: 3 episodes asked for, the request holds 2"):
+        model.predict(None, frame, {"adapt_steps": 3})
