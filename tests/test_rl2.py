@@ -96,7 +96,7 @@ def test_the_hidden_state_carries_over_a_trials_episodes_and_starts_afresh_for_e
     assert [float(evaluated[f"steps{n}_return"]) for n in range(3)] == pytest.approx(returns.tolist(), rel=1e-5)
 
 
-RL2 = ("train.steps=2", *TINY, "algorithm.outer_steps=2", "train.micro_batch=2")
+RL2 = ("train.steps=1", *TINY, "algorithm.outer_steps=2", "train.micro_batch=2")
 
 
 def test_rl2_on_one_and_two_workers_gives_the_same_bits(ray_local):

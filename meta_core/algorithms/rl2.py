@@ -22,7 +22,7 @@ from meta_core.autodiff import grad
 from meta_core.envs import EnvTask
 from meta_core.models import Params
 from meta_core.registry import AlgorithmSpec, positive_int, positive_number, register_algorithm
-from meta_core.rl import DISCOUNT, Batch, advantages, gaussian_log_prob, step_mean
+from meta_core.rl import DISCOUNT, Batch, Episodes, advantages, gaussian_log_prob, step_mean
 from meta_core.tasks import Task
 
 
@@ -39,16 +39,18 @@ class Trial(NamedTuple):
     next_return: torch.Tensor | None
 
 
+def previous(x: torch.Tensor) -> torch.Tensor:
+    """Each step's previous value along the steps' dimension (-2), zero before the first."""
+    return torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], dim=-2)
+
+
 def policy_inputs(observations: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, horizon: int) -> torch.Tensor:
     """Each step's input (..., steps, observation + action + 2) along a trial of episodes of ``horizon`` steps: its
     observation, the previous step's action and reward (zero at the trial's start and after an episode's end), and 1
     at the first step of every episode but the first."""
-    shift = lambda x: torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], dim=-2)  # noqa: E731
-    taken = mask.unsqueeze(-1)
-    steps = observations.shape[-2]
-    new_episode = ((torch.arange(steps) % horizon == 0) & (torch.arange(steps) > 0)).to(observations.dtype)
-    flag = new_episode.view(steps, 1).expand(*observations.shape[:-1], 1)
-    return torch.cat([observations, shift(actions * taken), shift((rewards * mask).unsqueeze(-1)), flag], dim=-1)
+    steps = torch.arange(observations.shape[-2])
+    flag = ((steps % horizon == 0) & (steps > 0)).to(observations.dtype).view(-1, 1).expand(*observations.shape[:-1], 1)
+    return torch.cat([observations, previous(actions * mask.unsqueeze(-1)), previous((rewards * mask).unsqueeze(-1)), flag], dim=-1)
 
 
 def recurrent_means(model, params: Params, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +73,7 @@ class RL2(Algorithm):
     def initial_hidden(self, trials: int) -> torch.Tensor:
         return torch.zeros(trials, self.model.hidden)
 
-    def run_trials(self, params: Params, tasks: list[EnvTask], episodes: int) -> tuple[Batch, list[Trial], dict[str, float]]:
+    def run_trials(self, params: Params, tasks: list[EnvTask], episodes: int) -> tuple[Episodes, list[Trial], dict[str, float]]:
         """Every task's ``task.shots`` trials of ``episodes`` episodes, all stepped as one batch of environments, with
         episode ``k`` from the task's round ``k`` (its seeds and exploration noise); the trials' steps (tasks x
         trials, episodes x horizon, ...) with the states after each count of episodes, and the time taken."""
@@ -81,11 +83,11 @@ class RL2(Algorithm):
         std = params["log_std"].exp()
         hidden, action, reward = self.initial_hidden(trials), torch.zeros(trials, family.action), torch.zeros(trials)
         taken, states, returns, env_s, policy_s = torch.ones(trials), [], [], 0.0, 0.0
-        observations, actions, rewards, masks = [], [], [], []
+        steps = Episodes([], [], [], [])
         for k in range(episodes):
             seeds = np.concatenate([t.seeds[k].numpy() for t in tasks])
             noise = torch.cat([t.noise[k] for t in tasks])  # (trials, horizon, action)
-            states.append((hidden, action, reward))
+            states.append((hidden, action * taken.unsqueeze(-1), reward))
             started = time.perf_counter()
             observation = family.reset(goals, seeds)
             env_s += time.perf_counter() - started
@@ -103,19 +105,19 @@ class RL2(Algorithm):
                 env_s += time.perf_counter() - started
                 taken = torch.from_numpy(alive.astype(np.float32))
                 reward = torch.from_numpy(np.where(alive, step_reward, 0.0).astype(np.float32))
-                observations.append(obs), actions.append(action), rewards.append(reward), masks.append(taken)
+                for record, value in zip(steps, (obs, action, reward, taken), strict=True):
+                    record.append(value)
                 episode_return += reward
                 alive = alive & ~done
             returns.append(episode_return)
-        states.append((hidden, action, reward))
-        steps = Batch(*(torch.stack(x, 1) for x in (observations, actions, rewards, masks)), *(None,) * 4)
+        states.append((hidden, action * taken.unsqueeze(-1), reward))
         trial_states = [Trial(params, *states[n], n, returns[n] if n < episodes else None) for n in range(episodes + 1)]
-        return steps, trial_states, {"env_s": env_s, "policy_s": policy_s}
+        return Episodes(*(torch.stack(x, 1) for x in steps)), trial_states, {"env_s": env_s, "policy_s": policy_s}
 
-    def processed(self, params: Params, steps: Batch, horizon: int) -> Batch:
+    def processed(self, params: Params, steps: Episodes, horizon: int) -> Batch:
         """One task's trials as PPO reads them: GAE over each whole trial against a linear baseline fitted to the
         task's steps, normalised per task, and the sampling policy's log-densities along the trial."""
-        obs, act, rew, mask = steps[:4]
+        obs, act, rew, mask = steps
         adv = advantages(rew.numpy(), obs.numpy(), mask.numpy(), DISCOUNT, self.gae_lambda)
         mean, _ = recurrent_means(self.model, params, policy_inputs(obs, act, rew, mask, horizon), self.initial_hidden(len(obs)))
         log_std = params["log_std"]
@@ -128,8 +130,8 @@ class RL2(Algorithm):
         family = tasks[0].family
         with torch.no_grad():
             steps, _, times = self.run_trials(behaviour, tasks, self.inner_steps + 1)
-            per_task = [Batch(*(x.view(len(tasks), family.episodes, *x.shape[1:])[i] for x in steps[:4]), *(None,) * 4) for i in range(len(tasks))]
-            samples = [self.processed(behaviour, s, family.horizon) for s in per_task]
+            per_task = Episodes(*(x.view(len(tasks), family.episodes, *x.shape[1:]) for x in steps))
+            samples = [self.processed(behaviour, Episodes(*(x[i] for x in per_task)), family.horizon) for i in range(len(tasks))]
         metrics = {"env_steps": float(steps.mask.sum()), "sample_s": time.perf_counter() - started, **times}
         return samples, {k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()}
 
