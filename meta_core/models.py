@@ -88,6 +88,28 @@ class GaussianPolicy(nn.Module):
         return self.head(self.body(x))
 
 
+class RecurrentGaussianPolicy(nn.Module):
+    """RL2's policy (Duan et al. 2016): a GRU cell of ``hidden`` units reading one step's input (observation,
+    previous action and reward, and an episode-start flag), a linear head for the action mean from the new hidden
+    state, and a learned state-independent ``log_std``. Written out with linear maps (PyTorch's ``GRUCell`` equations),
+    so that it runs under ``vmap`` and ``torch.func`` as the other models do."""
+
+    def __init__(self, hidden: int, inputs: int, action: int):
+        super().__init__()
+        self.hidden = hidden
+        self.input, self.recurrent = nn.Linear(inputs, 3 * hidden), nn.Linear(hidden, 3 * hidden)
+        self.head = nn.Linear(hidden, action)
+        self.log_std = nn.Parameter(torch.zeros(action))
+
+    def forward(self, x, hidden):
+        """The action mean and the hidden state after reading ``x`` (..., inputs) from ``hidden`` (..., hidden)."""
+        reset_i, update_i, new_i = self.input(x).chunk(3, -1)
+        reset_h, update_h, new_h = self.recurrent(hidden).chunk(3, -1)
+        reset, update = torch.sigmoid(reset_i + reset_h), torch.sigmoid(update_i + update_h)
+        hidden = (1 - update) * torch.tanh(new_i + reset * new_h) + update * hidden
+        return self.head(hidden), hidden
+
+
 MLP_SPEC = register_model(
     ModelSpec(
         "mlp",
@@ -112,6 +134,15 @@ POLICY_SPEC = register_model(
         "a Gaussian MLP policy",
         inputs=("observations",),
         options=(positive_int("width", 100, "hidden units per layer"),),
+    )
+)
+RECURRENT_POLICY_SPEC = register_model(
+    ModelSpec(
+        "recurrent_policy",
+        lambda shape, outputs, width: RecurrentGaussianPolicy(width, shape[-1] + outputs + 2, outputs),
+        "a Gaussian GRU policy reading observation, previous action and reward, and an episode-start flag (RL2)",
+        inputs=("observations",),
+        options=(positive_int("width", 64, "hidden units of the GRU"),),
     )
 )
 

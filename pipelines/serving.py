@@ -19,7 +19,9 @@ row is one step, ``x`` its observation and action side by side and ``y`` its
 reward, in time order, in whole episodes of the trained ``task.horizon``
 steps; each query row's ``x`` is an observation, and the answer's ``action``
 is the adapted policy's mean action there. Each adaptation step is a
-policy-gradient step on those episodes.
+policy-gradient step on those episodes; for RL2 it is one more of them (the
+first ``adapt_steps``) read by the recurrent policy, and each query is the
+first step of the next episode.
 ``adapt_steps`` (a predict-time param) defaults to the trained inner steps and
 may not exceed the maximum registered with the model (``max_adapt_steps``);
 learners that adapt by conditioning on the support set (ProtoNet...) ignore it.
@@ -99,7 +101,10 @@ class FewShotModel(PythonModel):
         steps = int((params or {}).get("adapt_steps", adapt_steps(self.config)))
         if not 0 <= steps <= self.max_steps:
             raise bad_request(f"adapt_steps: expected an integer from 0 to {self.max_steps} (this model's maximum), got {steps}")
-        out = answer(self.algo, self.params, *self.tensors(model_input), steps).detach()
+        try:
+            out = answer(self.algo, self.params, *self.tensors(model_input), steps).detach()
+        except ValueError as error:  # what a learner refuses of a request (RL2: more episodes asked for than given)
+            raise bad_request(str(error)) from error
         if self.algo.kind == "regression":
             return pd.DataFrame({"prediction": out.squeeze(-1).double().numpy()})
         if self.algo.kind == "rl":

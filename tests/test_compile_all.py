@@ -18,7 +18,7 @@ FEATURES = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)  #
 
 
 def tiny(name: str):
-    """The algorithm on a small MLP (a policy for RL) and a source of its tasks: 3-way 1-shot over 5 features, else
+    """The algorithm on a small MLP (for RL, the first policy it runs with) and a source of its tasks: 3-way 1-shot over 5 features, else
     the sinusoid, else point navigation (a round of rollouts per inner step and one after)."""
     spec = ALGORITHMS[name]
     if "classification" in spec.kinds:
@@ -26,7 +26,7 @@ def tiny(name: str):
     elif "regression" in spec.kinds:
         model, kind, shape, outputs, source = MODELS["mlp"], "regression", (1,), 1, SinusoidTasks(5, 5)
     else:
-        model, kind, shape, outputs, source = MODELS["policy"], "rl", (2,), 2, PointNavigation(episodes=2, horizon=4, rounds=3)
+        model, kind, shape, outputs, source = MODELS[spec.models[0]], "rl", (2,), 2, PointNavigation(episodes=2, horizon=4, rounds=3)
     model_options = {"width": 8} if kind == "rl" else {}
     algo = Learner(spec, model, kind, shape, outputs, inner_steps=2, inner_lr=0.1, model_options=model_options).build()
     return algo, source, algo.initial_params(0)

@@ -189,11 +189,16 @@ PROMP_2019 |= {"outer_lr": 1e-3, "outer_steps": 5, "clip_eps": 0.3, "kl_coeff": 
 # MAML-TRPO: tristandeleu/pytorch-maml-rl, configs/maml/halfcheetah-{dir,vel}.yaml, and its trust region.
 TRPO_MAML = {"episodes": 20, "horizon": 100, "meta_batch": 40, "inner_lr": 0.1, "inner_steps": 1, "width": 64, "steps": 500, "gae_lambda": 1.0}
 TRPO_MAML |= {"max_kl": 1e-2, "cg_iters": 10, "cg_damping": 1e-5, "ls_max_steps": 15, "ls_backtrack": 0.8}
+# RL2 with PPO: jonasrothfuss/ProMP's full_code branch, configs/rl2_config.json (rollouts_per_meta_task 2: one trial
+# of 2 episodes per task, so 1 episode read before the trial's last; max_epochs 5) and maml_zoo/algos/ppo.py (clip 0.2).
+RL2_PROMP = {"episodes": 1, "horizon": 100, "meta_batch": 200, "inner_steps": 1, "width": 64, "steps": 1000, "outer_lr": 1e-3}
+RL2_PROMP |= {"outer_steps": 5, "clip_eps": 0.2, "gae_lambda": 1.0}
 RL_PAPERS = {
     "halfcheetah_dir": PROMP_2019,
     "halfcheetah_vel": PROMP_2019,
     "halfcheetah_dir_trpo": TRPO_MAML,
     "halfcheetah_vel_trpo": TRPO_MAML,
+    "rl2_halfcheetah_dir": RL2_PROMP,
     # Finn et al. 2017, section 5.3: 20 trajectories of 100 steps, one inner step of 0.1, 20 tasks a meta-batch, two
     # hidden layers of 100 units; 100 iterations in the authors' code (cbfinn/maml_rl, maml_trpo_point.py).
     "pointnav": {"episodes": 20, "horizon": 100, "meta_batch": 20, "inner_lr": 0.1, "inner_steps": 1, "width": 100, "steps": 100},
