@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +43,15 @@ def sources(data: DataConfig) -> list[str]:
     return [data.source] if isinstance(data.source, str) else list(data.source)
 
 
-def combine(parts: list[Classes]) -> Classes:
-    """All classes, each kept once where sources overlap (the first source wins)."""
+def combine(parts: list[Classes]) -> tuple[Classes, dict[tuple[str, str], int]]:
+    """All classes, each kept once where sources overlap (the first source wins), and the source each came from."""
     merged: Classes = {}
-    for classes in parts:
+    source_of: dict[tuple[str, str], int] = {}
+    for index, classes in enumerate(parts):
         for key, samples in classes.items():
-            merged.setdefault(key, samples)
-    return dict(sorted(merged.items()))
+            if key not in merged:
+                merged[key], source_of[key] = samples, index
+    return dict(sorted(merged.items())), source_of
 
 
 def held_out_count(size, units: int, key: str, unit: str) -> int:
@@ -61,12 +63,24 @@ def held_out_count(size, units: int, key: str, unit: str) -> int:
     return count
 
 
-def assign_splits(keys: list[tuple[str, str]], data: DataConfig, seed: int) -> dict[tuple[str, str], str]:
-    """Each class's split: its published one (the key's group) for a data set with ``fixed_splits``; otherwise whole
-    groups (or classes) drawn from ``seed``, the test ones first, then the validation ones from the rest, so the test
-    split is the same whatever ``data.val_size`` is."""
+def assign_splits(keys: list[tuple[str, str]], data: DataConfig, seed: int, source_of: dict[tuple[str, str], int]) -> dict[tuple[str, str], str]:
+    """Each class's split: its published one (the key's group) for a data set with ``fixed_splits``; with
+    ``data.split: source``, the test split is the classes of the last of ``data.source`` (Omniglot's evaluation set
+    against its background set) and validation groups are drawn from the rest; otherwise whole groups (or classes)
+    drawn from ``seed``, the test ones first, then the validation ones from the rest, so the test split is the same
+    whatever ``data.val_size`` is."""
     if DATASETS[data.name].fixed_splits:
         return {key: key[0] for key in keys}
+    if data.split == "source":
+        last = len(sources(data)) - 1
+        held_out = {key for key in keys if last > 0 and source_of[key] == last}
+        if not held_out or len(held_out) == len(keys):
+            raise DataError(
+                "data.split: 'source' holds out the classes of the last of data.source's sources as the test split: "
+                f"give at least 2 sources, the last with classes of its own (got {last + 1})"
+            )
+        rest = assign_splits([k for k in keys if k not in held_out], replace(data, split="group", test_size=0), seed, source_of)
+        return {key: "test" if key in held_out else rest[key] for key in keys}
     by_group = data.split == "group"
     if by_group and any(group == "" for group, _ in keys):
         raise DataError("data.split: 'group' needs every class to have a group; set data.group_column or use data.split=class")
@@ -74,7 +88,7 @@ def assign_splits(keys: list[tuple[str, str]], data: DataConfig, seed: int) -> d
     units = sorted({group for group, _ in keys} if by_group else set(keys))
     if len(units) < 2:
         raise DataError(f"data.split: need at least 2 {unit} to split, found {len(units)}")
-    tests = held_out_count(data.test_size, len(units), "data.test_size", unit)
+    tests = held_out_count(data.test_size, len(units), "data.test_size", unit) if data.test_size else 0
     vals = held_out_count(data.val_size, len(units) - tests, "data.val_size", unit) if data.val_size else 0
     order = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
     split_of = {**{u: "test" for u in order[:tests]}, **{u: "val" for u in order[tests : tests + vals]}}
@@ -115,9 +129,9 @@ def parallelism(data: DataConfig, plans: list[stream.Plan]) -> int:
 
 def build(folder: Path, data: DataConfig, seed: int, checked: list[dict], connect=None) -> tuple[dict, stream.Stats]:
     """Write the splits and return the manifest (not yet written) and what writing them took."""
-    classes = combine([DATASETS[data.name].read(Path(s["path"]), data) for s in checked])
+    classes, source_of = combine([DATASETS[data.name].read(Path(s["path"]), data) for s in checked])
     try:
-        split_of = assign_splits(list(classes), data, seed)
+        split_of = assign_splits(list(classes), data, seed, source_of)
     except DataError:
         stream.check_readable([sample for samples in classes.values() for sample in samples])  # a bad file is the first thing to fix
         raise

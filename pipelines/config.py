@@ -261,7 +261,7 @@ RULES: dict[str, Rule] = {
         "a path, a name or a URL, a list of them, or null",
         lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(s, str) for s in v)),
     ),
-    "data.split": one_of("group", "class"),
+    "data.split": one_of("group", "class", "source"),
     "data.test_size": HELD_OUT,
     "data.val_size": ("0, a fraction between 0 and 1, or a whole number of groups (or classes)", lambda v: v == 0 and is_int(v) or HELD_OUT[1](v)),
     "data.rotations": BOOLEAN,

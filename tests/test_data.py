@@ -104,6 +104,20 @@ def test_splits_are_deterministic_from_the_seed_and_no_class_is_in_two_splits(tm
     assert labels[(0, "class")] != labels[(1, "class")]
 
 
+def test_split_by_source_tests_on_the_classes_only_the_last_source_holds(tmp_path, omniglot):
+    def alphabets(zip_path: Path) -> set[str]:
+        with zipfile.ZipFile(zip_path) as archive:
+            return {name.split("/")[1] for name in archive.namelist() if name.endswith(".png")}
+
+    first, last = (alphabets(z) for z in omniglot.zips)
+    zips = f"data.source=[{omniglot.zips[0]}, {omniglot.zips[1]}]"
+    found = split_labels(prepared(config(tmp_path, None, zips, "data.split=source", "task.ways=2", "task.queries=2")))
+    assert {label.split("/")[0] for label in found["test"]} == last - first  # shared alphabets stay with the first source
+    assert {label.split("/")[0] for label in found["train"]} == first
+    with pytest.raises(data.DataError, match=r"data.split: 'source' holds out the classes of the last .* \(got 1\)"):
+        prepared(config(tmp_path, None, f"data.source={omniglot.zips[0]}", "data.split=source", "task.ways=2", "task.queries=2"))
+
+
 def test_rotations_add_three_turned_copies_of_train_classes_only(tmp_path, omniglot):
     source = omniglot_folder(omniglot, tmp_path / "omniglot")
     plain = data.load_splits(prepared(config(tmp_path, source, "task.ways=2", "task.queries=2")))
