@@ -23,8 +23,8 @@ from tests.cluster_helpers import session, splits, start
 from tests.test_cluster_faults import FAULT_STEP, killed_mid_step
 
 SHARED = ["train.meta_batch=7", "train.micro_batch=2", "train.optimizer=adam", "train.compile=false", "train.pre_adapt_every=5"]
-SINUSOID = ["train.steps=200", "train.outer_lr=0.01"]
-CONV = ["train.steps=100", "train.vectorize=true", "model.width=4", "task.ways=3", "task.queries=2", "data.rotations=false"]
+SINUSOID = ["train.steps=60", "train.outer_lr=0.01"]
+CONV = ["train.steps=30", "train.vectorize=true", "model.width=4", "task.ways=3", "task.queries=2", "data.rotations=false"]
 
 LATE_EVERY, LATE_S = 10, 0.05  # every 10th step (1, 11, ...), the first micro-batch's result comes 50 ms late
 
