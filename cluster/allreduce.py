@@ -39,9 +39,8 @@ import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.config import ClusterConfig, WorkerSetup
-from cluster.delivery import Source
 from cluster.pool import SPREAD, WorkerPool, mean_gradient, mean_metrics, micro_batches
-from cluster.worker import MetaWorker
+from cluster.worker import MetaWorker, Source
 from meta_core.models import Layout, numel
 
 

@@ -19,9 +19,8 @@ import torch
 
 from cluster.allreduce import AllreduceDriver
 from cluster.config import ClusterConfig, WorkerSetup
-from cluster.delivery import Source
 from cluster.pool import SPREAD, WorkerPool, batch_metrics, broadcast, mean_gradient, mean_metrics, micro_batches, split
-from cluster.worker import MetaWorker, from_wire, to_wire
+from cluster.worker import MetaWorker, Source, from_wire, to_wire
 from meta_core.algorithms import Algorithm
 from meta_core.models import Layout
 

@@ -30,8 +30,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
 from cluster.config import ClusterConfig, WorkerSetup
-from cluster.delivery import Source
-from cluster.worker import INLINE_BYTES, to_wire
+from cluster.worker import INLINE_BYTES, Source, to_wire
 from meta_core.models import Layout
 
 MAX_ATTEMPTS = 5  # share timeouts a call may take before it is given up
@@ -109,7 +108,7 @@ class WorkerPool:
         placement group's strategy inside a sweep's trial)."""
         self.actor_cls, self.setup, self.cluster, self.layout, self.scheduling = ray.remote(actor_cls), setup, cluster, layout, scheduling
         self.timeout = cluster.share_timeout_s
-        self.splits_ref = ray.put(splits)  # where each split is (cluster.delivery), once; kept for replacements
+        self.splits_ref = ray.put(splits)  # where each split is (cluster.worker.deliver), once; kept for replacements
         self.start()
 
     def new_worker(self) -> ray.actor.ActorHandle:

@@ -35,12 +35,12 @@ from pipelines.stages.train import Checkpoint, train
 
 
 def load_splits(prepared: dict, delivery: str = "auto") -> dict:
-    """Where the workers read the splits they draw tasks from (``data.delivery``: ``cluster.delivery``), or nothing for
+    """Where the workers read the splits they draw tasks from (``data.delivery``: ``cluster.worker.deliver``), or nothing for
     tasks drawn from a formula (where each split is a stream of its own). The driver reads none of them."""
     if prepared["dataset"] is None:
         return {"train": None, "val": None, "test": None}
     import data
-    from cluster.delivery import deliver
+    from cluster.worker import deliver
 
     return deliver(data.split_arrays(Path(prepared["dataset"])), delivery)
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from cluster.delivery import Source
 from cluster.driver import MetaDriver, make_driver
 from cluster.pool import SPREAD
+from cluster.worker import Source
 from meta_core.algorithms import Algorithm
 from meta_core.models import Layout, Params, flatten, layout_of, unflatten
 from pipelines.build import build_learner, outer_loop, worker_setup

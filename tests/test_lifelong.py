@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from cluster.delivery import readable
+from cluster.worker import readable
 from meta_core.algorithms.continual import first_examples
 from meta_core.registry import ALGORITHMS, MODELS, Learner
 from meta_core.step import micro_batch_gradient

@@ -16,7 +16,7 @@ from PIL import Image
 
 import data
 from benchmarks.stream_data import mini_imagenet_images
-from cluster.delivery import deliver
+from cluster.worker import deliver
 from pipelines.build import prepared
 from pipelines.config import load
 from pipelines.session import Session
