@@ -219,21 +219,30 @@ def test_promp_outer_steps_on_workers_match_one_process_and_survive_a_killed_wor
     np.testing.assert_array_equal(faulty, two)
 
 
-def test_a_served_policy_adapts_to_a_requests_transitions_by_a_policy_gradient_step(tmp_path):
+def served_episodes(tmp_path, config, params, horizon: int):
+    """The learner registered as served, and a request of two random episodes of ``horizon`` transitions (observation
+    and action in ``x``, reward in ``y``) with three query observations: the model, the episodes and the request."""
     from pipelines.artifacts import Trained
-    from pipelines.config import load
-    from pipelines.serving import TRAINED, FewShotModel, bad_request, request
+    from pipelines.serving import TRAINED, FewShotModel, request
 
-    config = load("pointnav", ["task.horizon=5", "model.width=8"])
-    algo = build_learner(config)
-    params = algo.initial_params(0)
     Trained("run", config, params).write(tmp_path)
     model = FewShotModel()
     model.load_context(SimpleNamespace(artifacts={TRAINED: str(tmp_path)}, model_config={}))
     rng = np.random.default_rng(0)
-    observations, actions, rewards = rng.normal(size=(2, 5, 2)), rng.normal(size=(2, 5, 2)), -rng.random((2, 5))
+    observations, actions, rewards = rng.normal(size=(2, horizon, 2)), rng.normal(size=(2, horizon, 2)), -rng.random((2, horizon))
     queries = rng.normal(size=(3, 2)).astype(np.float32)
-    frame = request(np.concatenate([observations, actions], -1).reshape(10, 4), rewards.reshape(10), queries)
+    frame = request(np.concatenate([observations, actions], -1).reshape(2 * horizon, 4), rewards.reshape(2 * horizon), queries)
+    return model, (observations, actions, rewards, queries), frame
+
+
+def test_a_served_policy_adapts_to_a_requests_transitions_by_a_policy_gradient_step(tmp_path):
+    from pipelines.config import load
+    from pipelines.serving import bad_request
+
+    config = load("pointnav", ["task.horizon=5", "model.width=8"])
+    algo = build_learner(config)
+    params = algo.initial_params(0)
+    model, (observations, actions, rewards, queries), frame = served_episodes(tmp_path, config, params, 5)
     steps0, steps1 = (np.stack(model.predict(None, frame, {"adapt_steps": n})["action"]) for n in (0, 1))
     q = torch.from_numpy(queries)
     np.testing.assert_allclose(steps0, forward(algo.model, params, q).numpy(), rtol=1e-6, atol=1e-6)

@@ -12,6 +12,7 @@ from pipelines.build import build_learner, task_source
 from pipelines.config import load
 from tests.cluster_helpers import config, train
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
+from tests.test_metarl import served_episodes
 
 TINY = ["algorithm.name=rl2", "model.name=recurrent_policy", "model.width=6", "task.shots=2", "task.horizon=4", "algorithm.inner_steps=2"]
 
@@ -108,19 +109,10 @@ def test_rl2_on_one_and_two_workers_gives_the_same_bits(ray_local):
 
 
 def test_a_served_rl2_policy_reads_a_requests_episodes_through_its_recurrent_state(tmp_path):
-    from types import SimpleNamespace
-
-    from pipelines.artifacts import Trained
-    from pipelines.serving import TRAINED, FewShotModel, bad_request, request
+    from pipelines.serving import bad_request
 
     cfg, algo, params, _ = tiny()
-    Trained("run", cfg, params).write(tmp_path)
-    model = FewShotModel()
-    model.load_context(SimpleNamespace(artifacts={TRAINED: str(tmp_path)}, model_config={}))
-    rng = np.random.default_rng(0)
-    observations, actions, rewards = rng.normal(size=(2, 4, 2)), rng.normal(size=(2, 4, 2)), -rng.random((2, 4))
-    queries = rng.normal(size=(3, 2)).astype(np.float32)
-    frame = request(np.concatenate([observations, actions], -1).reshape(8, 4), rewards.reshape(8), queries)
+    model, (observations, actions, rewards, queries), frame = served_episodes(tmp_path, cfg, params, 4)
     trial = [torch.from_numpy(x).float().reshape(1, 8, -1) for x in (observations, actions, rewards[..., None])]
     for n in (0, 1, 2):
         served = np.stack(model.predict(None, frame, {"adapt_steps": n})["action"])
