@@ -42,7 +42,7 @@ def measure(workers: int, steps: int, runs: int, repeats: int) -> dict[str, floa
             step_s.append((time.perf_counter() - started) / steps)
         for _ in range(repeats):
             started = time.perf_counter()
-            session.evaluate("test", runs, [10, 50])
+            session.evaluate_split("test", runs, [10, 50])
             grid_s.append(time.perf_counter() - started)
     return {"trajectories_per_s": config.train.meta_batch / statistics.median(step_s), "grid_s": statistics.median(grid_s)}
 

@@ -25,7 +25,7 @@ fails, through a lost worker or by taking over ``share_timeout_s`` a step, is
 computed again, from the state the driver holds and with the same tasks, by new
 workers in a new group: slower to recover than the driver path's per-call
 re-dispatch, with the same result. Evaluation is the driver path's
-(``WorkerPool.evaluate``).
+(``WorkerPool.evaluate_split``).
 """
 
 import time
@@ -183,8 +183,8 @@ class AllreduceDriver:
         per_step = zip(*(results[ref][1] for ref in refs), strict=True)  # each step: every rank's micro-batches' metrics
         return state, [mean_metrics((m for rank in step for m in rank), self.meta_batch) for step in per_step]
 
-    def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
-        return self.pool.evaluate(flat, split_name, tasks, steps)
+    def evaluate_split(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
+        return self.pool.evaluate_split(flat, split_name, tasks, steps)
 
     def shutdown(self) -> None:
         self.pool.shutdown()

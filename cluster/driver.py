@@ -31,7 +31,7 @@ class MetaDriver(Protocol):
     def steps(self, flat: torch.Tensor, optimizer: torch.optim.Optimizer, first: int, count: int) -> list[dict[str, float]]:
         """Meta-steps ``first`` to ``first + count - 1`` on ``flat`` and ``optimizer``, in place; each step's mean metrics."""
 
-    def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
+    def evaluate_split(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task evaluation metrics for tasks ``0..tasks-1`` of the split ``split_name``."""
 
     def shutdown(self) -> None: ...
@@ -128,8 +128,8 @@ class Driver:
             metrics.append(batch_metrics(rounds))
         return metrics
 
-    def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
-        return self.pool.evaluate(flat, split_name, tasks, steps)
+    def evaluate_split(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
+        return self.pool.evaluate_split(flat, split_name, tasks, steps)
 
     def shutdown(self) -> None:
         self.pool.shutdown()

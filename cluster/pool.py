@@ -221,10 +221,10 @@ class WorkerPool:
         """Workers with no unanswered ping."""
         return set(range(len(self.workers))) - set(self.pings.values())
 
-    def evaluate(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
+    def evaluate_split(self, flat: np.ndarray, split_name: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task evaluation metrics for tasks ``0..tasks-1`` of the split ``split_name``, spread over the workers."""
         params = broadcast(flat)
-        results = self.run("evaluate", [(params, split_name, idx, steps) for idx in split(tasks, len(self.workers) * 4)])
+        results = self.run("evaluate_tasks", [(params, split_name, idx, steps) for idx in split(tasks, len(self.workers) * 4)])
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
     def shutdown(self) -> None:

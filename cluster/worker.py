@@ -179,7 +179,7 @@ class MetaWorker:
         ]
         return to_wire(torch.stack(rows).float().cpu().numpy())
 
-    def evaluate(self, flat: np.ndarray | bytes, split: str, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
+    def evaluate_tasks(self, flat: np.ndarray | bytes, split: str, indices: list[int], steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task metrics on tasks of ``split``, drawn from that split's stream; a split this worker was not given raises."""
         return evaluate_tasks(self.algo, self.sources[split], self.params(flat), self.layout, self.seed, STREAMS[split], indices, steps)
 

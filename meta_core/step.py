@@ -163,7 +163,7 @@ def evaluate_tasks(
     rows = []
     for index, task in zip(indices, draw(source, seed, stream, 0, indices, device), strict=True):
         with noise_for(algo, device, seed, stream, 0, index):
-            rows.append(algo.evaluate(params, task, steps))
+            rows.append(algo.evaluate_task(params, task, steps))
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 

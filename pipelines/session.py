@@ -44,9 +44,9 @@ class Session:
         """Meta-steps ``first`` to ``first + count - 1`` on ``flat``, in place; each step's mean metrics."""
         return self.driver.steps(self.flat, self.optimizer, first, count)
 
-    def evaluate(self, split: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
+    def evaluate_split(self, split: str, tasks: int, steps: list[int]) -> dict[str, np.ndarray]:
         """Per-task metrics of ``flat`` on tasks ``0..tasks-1`` of ``split``, after each number of adaptation ``steps``."""
-        return self.driver.evaluate(self.flat.detach().numpy(), split, tasks, steps)
+        return self.driver.evaluate_split(self.flat.detach().numpy(), split, tasks, steps)
 
     def params(self) -> Params:
         """A copy of ``flat`` as named tensors, which later steps leave alone."""

@@ -146,7 +146,7 @@ def test_mann_writes_each_new_key_to_the_least_used_slot():
 
 def test_episode_learners_report_the_same_metrics_at_every_step_count():
     algo, params = learner("mann", **SMALL_MANN)
-    metrics = algo.evaluate(params, episode(), [1, 3])
+    metrics = algo.evaluate_task(params, episode(), [1, 3])
     assert set(metrics) == {f"steps{n}_{m}" for n in (0, 1, 3) for m in ("loss", "acc")}
     assert metrics["steps0_loss"] == metrics["steps1_loss"] == metrics["steps3_loss"]
 

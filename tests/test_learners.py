@@ -47,7 +47,7 @@ def test_training_evaluation_and_serving_adapt_the_same_way(name, options):
     with seeded_noise("cpu", PREDICTION_SEED):
         _, trained = algo.task_gradient(params, task)
     with seeded_noise("cpu", PREDICTION_SEED):
-        evaluated = algo.evaluate(params, task, [1, INNER_STEPS, 3])
+        evaluated = algo.evaluate_task(params, task, [1, INNER_STEPS, 3])
     for metric in ("loss", "acc"):
         torch.testing.assert_close(evaluated[f"steps{INNER_STEPS}_{metric}"], trained[f"post_adapt_{metric}"], rtol=1e-5, atol=1e-6)
         for steps, row in ((None, INNER_STEPS), (0, 0), (1, 1), (3, 3)):
@@ -85,7 +85,7 @@ def test_an_algorithm_file_dropped_into_the_package_is_found_built_and_evaluated
         assert ALGORITHMS[name].summary == "a protonet dropped into the package"
         algo = build(name)
         task = ClassificationTasks(class_images(), WAYS, 2, 3).sample(task_rng(0, 0, 0, 1))
-        metrics = algo.evaluate(algo.initial_params(0), task, [1])
+        metrics = algo.evaluate_task(algo.initial_params(0), task, [1])
         assert metrics.keys() == {f"steps{n}_{m}" for n in (0, 1) for m in ("loss", "acc")}
     finally:
         module.unlink(missing_ok=True)

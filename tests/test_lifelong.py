@@ -126,7 +126,7 @@ def test_the_meta_test_learns_each_class_once_one_example_at_a_time_and_leaves_t
 
     monkeypatch.setattr(type(algo), "inner_step", recorded)
     with seeded_noise("cpu", 0, 1):
-        metrics = algo.evaluate(params, task, [2, 5, 10])
+        metrics = algo.evaluate_task(params, task, [2, 5, 10])
     for lr in (0.1, 0.3):  # per rate, one pass over the 10 classes' 4 examples, in stream order, one at a time
         steps = [s for s in seen if s[0] == lr]
         assert [(batch, label) for _, batch, label, _ in steps] == [(1, int(y)) for y in task.support_y]
@@ -144,7 +144,7 @@ def test_the_meta_test_scores_each_count_on_its_first_classes_only():
     task = trajectory(classes=(3, 5), shots=2, queries=0)
     held_out = torch.stack([task.support_x[0], task.support_x[2], task.support_x[3]])
     task = Task(task.support_x, task.support_y, held_out, torch.tensor([3, 5, 5]))
-    metrics = algo.evaluate(params, task, [1, 2])
+    metrics = algo.evaluate_task(params, task, [1, 2])
     state = algo.adaptations(params, task, [1])[0]
     with torch.no_grad():
         first = algo.predict(state, task.support_x[:2]).argmax(-1)

@@ -339,7 +339,7 @@ def test_evaluation_reports_returns_per_adaptation_step_and_each_tasks_adaptatio
     config = SimpleNamespace(
         algorithm=SimpleNamespace(inner_steps=1), algorithm_spec=ALGORITHMS["maml_rl"], eval=SimpleNamespace(steps=(1,), tasks=30)
     )
-    session = SimpleNamespace(config=config, evaluate=lambda split, tasks, steps: per_task)
+    session = SimpleNamespace(config=config, evaluate_split=lambda split, tasks, steps: per_task)
     metrics, table = evaluate(session)
     delta = after - before
     assert metrics["eval_adaptation_delta"] == pytest.approx(delta.mean())

@@ -92,7 +92,7 @@ def test_the_hidden_state_carries_over_a_trials_episodes_and_starts_afresh_for_e
         served = answer(algo, params, steps, batch.rewards[0].view(3, 4), batch.observations[0, 4 * n : 4 * n + 1], n)
         torch.testing.assert_close(served, batch.mean[0, 4 * n : 4 * n + 1], rtol=1e-5, atol=1e-6)
     # Evaluated: the state after n episodes runs the trial's episode n.
-    evaluated = algo.evaluate(params, tasks[1], [1, 2])
+    evaluated = algo.evaluate_task(params, tasks[1], [1, 2])
     returns = batch.rewards.view(2, 3, 4).sum(-1).mean(0)
     assert [float(evaluated[f"steps{n}_return"]) for n in range(3)] == pytest.approx(returns.tolist(), rel=1e-5)
 

@@ -12,7 +12,7 @@ A learner (an ``Algorithm``) is pure functions of a parameter dict ``params``:
   What the state is belongs to the learner: adapted weights, an embedded support set, a recurrent state.
 - ``predict(adapted, query_x) -> Tensor``: outputs for inputs from an adapted state.
 
-``task_gradient`` adapts with ``adapt``; ``evaluate`` (defined here, once) reports ``query_metrics`` of the states
+``task_gradient`` adapts with ``adapt``; ``evaluate_task`` (defined here, once) reports ``query_metrics`` of the states
 ``adaptations`` gives at each step count; serving answers with ``predict(adapt(...))`` (``answer``). So training,
 evaluation and serving share one adaptation path, and a learner never re-implements it for one of them.
 
@@ -138,7 +138,7 @@ class Algorithm:
             metrics[f"{prefix}_acc"] = accuracy(out, task.query_y)
         return metrics
 
-    def evaluate(self, params: Params, task: Task, steps: list[int]) -> Metrics:
+    def evaluate_task(self, params: Params, task: Task, steps: list[int]) -> Metrics:
         """Query metrics before adaptation (``steps0_*``) and after each count in ``steps`` (``steps<n>_*``)."""
         counts, metrics = [0, *sorted(steps)], {}
         for n, adapted in zip(counts, self.adaptations(params, task, counts), strict=True):

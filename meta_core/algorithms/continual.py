@@ -11,7 +11,7 @@ the stream's first example of it: the stream's classes are learned from nothing,
 the meta-gradient cannot come from rows that already know them. The rows are drawn from torch's generator, which
 the callers seed from the task's key (``draws_noise``), so the pass is a pure function of the task.
 
-Evaluation (``evaluate``) is the continual-learning protocol's: for each inner learning rate of ``test_lrs`` and
+Evaluation (``evaluate_task``) is the continual-learning protocol's: for each inner learning rate of ``test_lrs`` and
 each count ``n``, the accuracy on the stream's own examples of its first ``n`` classes (``train_acc``: what was
 kept) and on the query's examples of those classes (``acc``: how it generalises).
 """
@@ -100,7 +100,7 @@ class StreamLearner(MAML):
         learner.inner_lr = lr
         return learner
 
-    def evaluate(self, params: Params, task: Task, steps: list[int]) -> Metrics:
+    def evaluate_task(self, params: Params, task: Task, steps: list[int]) -> Metrics:
         """Per inner rate ``j`` of ``test_lrs`` and count ``n``: ``lr<j>_steps<n>_train_acc`` on the stream's examples of
         its first ``n`` classes, ``lr<j>_steps<n>_acc`` and ``_loss`` on the query's examples of them."""
         counts, metrics = sorted(steps), {}

@@ -25,7 +25,7 @@ def evaluate(session: Session, split: str = "test") -> tuple[dict[str, float], p
     inner = config.algorithm.inner_steps
     steps = sorted(set(config.eval.steps) | ({inner} if inner else set()))
     tasks, prefix = (config.eval.tasks, "eval") if split == "test" else (config.eval.val_tasks, "val")
-    per_task = session.evaluate(split, tasks, steps)
+    per_task = session.evaluate_split(split, tasks, steps)
     rows = []
     for n in [0, *steps]:
         row = {"adapt_steps": n}

@@ -24,7 +24,7 @@ FIGURES = ("acc", "train_acc")
 
 def meta_test(session: Session, split: str, runs: int, counts: list[int]) -> pd.DataFrame:
     """One row per count of classes: the chosen rate, and the mean and 95% interval of each figure over the runs."""
-    per_run = session.evaluate(split, runs, counts)
+    per_run = session.evaluate_split(split, runs, counts)
     rates = session.learner.test_lrs
     rows = []
     for n in counts:
