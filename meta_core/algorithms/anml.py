@@ -5,9 +5,9 @@ neuromodulatory network learns only in the outer loop, through its gating of eve
 is first order by accident (its gradients are taken without ``create_graph``): ``first_order: true`` is that.
 """
 
-from meta_core.algorithms.continual import StreamLearner, learner_of, stream_options
+from meta_core.algorithms.continual import LIFELONG, StreamLearner, learner_of, stream_options
 from meta_core.models import Params
-from meta_core.registry import AlgorithmSpec, no_head, register_algorithm
+from meta_core.registry import AlgorithmSpec, register_algorithm
 
 NEUROMODULATION = "body.nm."  # the network is the body of a Classifier (continual.py)
 
@@ -23,9 +23,7 @@ register_algorithm(
         learner_of(ANML),
         "one-pass SGD on a neuromodulated network over a stream of classes, the gating meta-learned through it (lifelong)",
         options=stream_options(remember=64, replay=True),
-        kinds=("classification",),
         models=("anml_net",),
-        head=no_head,
-        lifelong=True,
+        **LIFELONG,
     )
 )

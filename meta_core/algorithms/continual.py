@@ -25,7 +25,7 @@ from torch import nn
 from meta_core.algorithms.base import Metrics, accuracy, task_loss
 from meta_core.algorithms.maml import MAML
 from meta_core.models import Params
-from meta_core.registry import Option, is_number, non_negative_int, positive_int
+from meta_core.registry import Option, is_number, no_head, non_negative_int, positive_int
 from meta_core.tasks import Task
 
 HEAD_WEIGHT = "head.weight"
@@ -142,3 +142,6 @@ def learner_of(cls):
         return cls(network, kind, **{k: v for k, v in options.items() if k not in TASK_OPTIONS})
 
     return make
+
+
+LIFELONG = dict(kinds=("classification",), head=no_head, lifelong=True)  # what every stream learner's spec says

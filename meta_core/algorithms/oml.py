@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from meta_core.algorithms.base import task_loss
-from meta_core.algorithms.continual import StreamLearner, learner_of, stream_options
+from meta_core.algorithms.continual import LIFELONG, StreamLearner, learner_of, stream_options
 from meta_core.models import HEAD, Params
-from meta_core.registry import AlgorithmSpec, no_head, register_algorithm
+from meta_core.registry import AlgorithmSpec, register_algorithm
 
 BODY = "body."  # the representation: the body of a Classifier (continual.py)
 
@@ -37,8 +37,6 @@ register_algorithm(
         learner_of(OML),
         "one-pass SGD on the head over a stream of classes, the representation meta-learned through it (lifelong)",
         options=stream_options(remember=15, replay=False),
-        kinds=("classification",),
-        head=no_head,
-        lifelong=True,
+        **LIFELONG,
     )
 )

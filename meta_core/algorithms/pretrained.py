@@ -8,11 +8,11 @@ one pass of SGD on its head; with no training at all (``train.steps: 0``) the sa
 import torch
 
 from meta_core.algorithms.base import Metrics, task_loss
-from meta_core.algorithms.continual import learner_of, stream_options
+from meta_core.algorithms.continual import LIFELONG, learner_of, stream_options
 from meta_core.algorithms.oml import OML
 from meta_core.autodiff import grad
 from meta_core.models import Params
-from meta_core.registry import AlgorithmSpec, no_head, register_algorithm
+from meta_core.registry import AlgorithmSpec, register_algorithm
 from meta_core.tasks import Task
 
 
@@ -34,8 +34,6 @@ register_algorithm(
         learner_of(Pretrained),
         "baseline: i.i.d. classification of the trajectories' examples, tested as OML is (lifelong)",
         options=stream_options(remember=15, replay=False),
-        kinds=("classification",),
-        head=no_head,
-        lifelong=True,
+        **LIFELONG,
     )
 )
