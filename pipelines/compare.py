@@ -1,6 +1,6 @@
 """Side-by-side comparison of pipeline runs: a table (printed and CSV), with the published figure each config names
-beside its own, and their learning curves (PNG); and of each sweep's trials: a table sorted by the sweep's metric and
-a PNG of the metric against each searched key."""
+beside its own, their learning curves (PNG) and the lifelong runs' meta-tests on one figure (PNG); and of each
+sweep's trials: a table sorted by the sweep's metric and a PNG of the metric against each searched key."""
 
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
 from pipelines.config import ConfigError
-from pipelines.plots import smoothed
+from pipelines.plots import META_TEST, classes_learned, meta_test_lines, smoothed
 from pipelines.selection import Metric
 from pipelines.tracking import MetricBuffer
 
@@ -107,6 +107,32 @@ def plot_curves(runs: pd.DataFrame, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def meta_test_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each lifelong run's meta-test table (``pipelines.stages.lifelong``), read back from its evaluate run's
+    ``meta_test_*`` metrics, whose step is the number of classes learned; by the run's label."""
+    client, tables = MlflowClient(), {}
+    for _, r in runs.iterrows():
+        evaluate_run = r.get("tags.evaluate_run_id")
+        if not isinstance(evaluate_run, str) or not evaluate_run:
+            continue
+        names = [name for name in client.get_run(evaluate_run).data.metrics if name.startswith(META_TEST)]
+        columns = {name.removeprefix(META_TEST): {m.step: m.value for m in client.get_metric_history(evaluate_run, name)} for name in names}
+        if columns:
+            tables[f"{r.get('tags.mlflow.runName')} ({r['run_id'][:6]})"] = pd.DataFrame(columns).rename_axis("classes").reset_index()
+    return tables
+
+
+def meta_test_curves(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The lifelong runs' curves for one figure (``plots.classes_learned``), each beside its from-scratch baseline;
+    a baseline already there (the same network from the same seed) only once."""
+    by_label: dict[str, pd.DataFrame] = {}
+    for label, table in tables.items():
+        for name, frame in meta_test_lines(table, label, f"{label}, from scratch").items():
+            if not any(frame.equals(drawn) for drawn in by_label.values()):
+                by_label[name] = frame
+    return by_label
+
+
 def trials_table(sweep: Run) -> pd.DataFrame:
     """One row per trial of ``sweep``: its searched values, its last validation figure and the step it was taken
     at, and how it ended; best first (a trial with no figure, or NaN, last)."""
@@ -168,10 +194,15 @@ def compare(experiments: list[str], out: str, tracking_uri: str | None = None) -
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     result.to_csv(folder / "comparison.csv", index=False)
+    saved = [folder / "comparison.csv"]
     if len(runs):
         plot_curves(runs, folder / "learning_curves.png")
+        saved.append(folder / "learning_curves.png")
+        if tables := meta_test_tables(runs):
+            classes_learned(meta_test_curves(tables)).savefig(folder / "classes_learned.png", dpi=100)
+            saved.append(folder / "classes_learned.png")
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(result.to_string(index=False) if len(result) else "no pipeline runs found")
-    print(f"saved {folder / 'comparison.csv'}" + (f" and {folder / 'learning_curves.png'}" if len(runs) else ""))
+    print(f"saved {', '.join(map(str, saved))}")
     show_sweeps(ids, folder)
     return result

@@ -1,4 +1,5 @@
-"""`compare`: one row per pipeline run, with the published figure its config names, saved as CSV, with a learning-curve PNG."""
+"""`compare`: one row per pipeline run, with the published figure its config names, saved as CSV, with a learning-curve
+PNG, and the lifelong runs' meta-tests on one figure."""
 
 import mlflow
 import numpy as np
@@ -8,9 +9,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from meta_core.models import flatten
-from pipelines.compare import compare
+from pipelines.compare import compare, meta_test_curves, meta_test_tables
 from pipelines.config import ConfigError, load
 from pipelines.pipeline import run
+from pipelines.plots import log_meta_test
 from tests.test_pipeline import child_runs, trained_params
 
 
@@ -25,6 +27,38 @@ def test_compare_tables_runs_of_different_algorithms(ray_local, tracking, tmp_pa
     assert (table.wall_s > 0).all()
     assert pd.read_csv(tmp_path / "out" / "comparison.csv").run_id.tolist() == ids
     assert (tmp_path / "out" / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_draws_the_lifelong_meta_tests_on_one_figure_with_a_shared_baseline_once(tracking, tmp_path):
+    """A meta-learned run and the pre-trained baseline, whose from-scratch baselines are one network from one seed:
+    both meta-tests read back as their evaluate runs logged them, and the shared baseline drawn once."""
+
+    def figures(acc: list[float]) -> dict[str, list[float]]:
+        return {"acc": acc, "acc_ci95": [0.02, 0.01], "train_acc": [a + 0.1 for a in acc], "train_acc_ci95": [0.03, 0.02]}
+
+    def meta_test(acc: list[float]) -> pd.DataFrame:
+        scratch = {f"scratch_{name}": values for name, values in figures([0.125, 0.05]).items()}
+        return pd.DataFrame({"classes": [10, 50], "lr": [0.03, 0.01], **figures(acc), **scratch})
+
+    mlflow.set_experiment("lifelong")
+    logged = {"oml": meta_test([0.5, 0.2]), "oml_pretrained": meta_test([0.2, 0.07])}
+    for name, table in logged.items():
+        with mlflow.start_run(run_name=name, tags={"stage": "pipeline"}):
+            with mlflow.start_run(nested=True) as evaluate:
+                log_meta_test(table)
+            mlflow.set_tag("evaluate_run_id", evaluate.info.run_id)
+    mlflow.start_run(run_name="maml", tags={"stage": "pipeline"}).__exit__(None, None, None)  # no meta-test: not drawn
+
+    compare(["lifelong"], str(tmp_path / "out"), tracking)
+    assert (tmp_path / "out" / "classes_learned.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tables = meta_test_tables(mlflow.search_runs(filter_string="tags.stage = 'pipeline'", order_by=["attributes.start_time ASC"]))
+    assert [label.split(" ")[0] for label in tables] == list(logged)
+    for table, expected in zip(tables.values(), logged.values(), strict=True):
+        pd.testing.assert_frame_equal(table[expected.columns], expected, check_dtype=False)
+    curves = meta_test_curves(tables)
+    oml, pretrained = tables
+    assert list(curves) == [oml, f"{oml}, from scratch", pretrained]
+    assert curves[f"{oml}, from scratch"]["acc"].tolist() == [0.125, 0.05]
 
 
 def test_compare_names_an_unknown_experiment(tracking, tmp_path):

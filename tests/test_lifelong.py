@@ -2,10 +2,13 @@
 number of workers, and a meta-test that learns each of its new classes once, one example at a time, and leaves
 the meta-learned weights alone."""
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
 from torch.func import functional_call
 
 from cluster.worker import readable
@@ -16,10 +19,13 @@ from meta_core.tasks import Task, seeded_noise
 from meta_core.trajectories import TrajectoryTasks
 from pipelines import serving
 from pipelines.build import build_learner, task_source
+from pipelines.compare import meta_test_tables
 from pipelines.config import load
+from pipelines.pipeline import run
 from tests.cluster_helpers import splits, start, train
 from tests.omniglot_data import small_set_overrides
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
+from tests.test_pipeline import child_runs
 
 CLASSES, SIDE, LR = 12, 28, 0.2
 NETWORKS = {"oml": ("oml_conv", {"width": 4, "strides": [2, 2, 2]}), "anml": ("anml_net", {"width": 4, "nm_width": 3})}
@@ -193,6 +199,28 @@ def test_workers_give_the_bits_of_one_process(lifelong_config, ray_local):
     expected = flat.detach().numpy()
     for workers in (1, 2):
         np.testing.assert_array_equal(train(config.with_values({"cluster.workers": workers})), expected)
+
+
+@pytest.mark.slow
+def test_a_lifelong_run_logs_its_meta_test_by_classes_learned_and_compare_reads_it_back(lifelong_config, ray_local, tracking, tmp_path):
+    """Through every stage: the evaluate run's table is the meta-test's, each row at the rate with the best training
+    accuracy and the from-scratch baseline beside it; its ``meta_test_*`` metrics are those rows stepped by classes
+    learned, which ``compare`` reads back; the learner is registered."""
+    fast = ["train.steps=2", "train.meta_batch=2", "eval.tasks=3", "experiment=lifelong", "algorithm.test_lrs=[0.1, 0.001]"]
+    run_id = run(lifelong_config(*fast), tracking)
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    stages = {r.data.tags["stage"]: r for r in child_runs(run_id)}
+    assert set(stages) == {"prepare", "train", "evaluate", "register"}
+    evaluate = stages["evaluate"]
+    table = mlflow.load_table("evaluation.json", run_ids=[evaluate.info.run_id])
+    assert table.classes.tolist() == [2, 4] and set(table.lr) <= {0.1, 0.001}
+    assert {"scratch_acc", "scratch_acc_ci95", "scratch_train_acc"} <= set(table.columns)
+    for _, row in table.iterrows():
+        assert evaluate.data.metrics[f"eval_steps{int(row.classes)}_acc"] == pytest.approx(row.acc, rel=1e-8)  # the JSON table holds 10 digits
+    assert "classes_learned.png" in {a.path for a in MlflowClient().list_artifacts(evaluate.info.run_id)}
+    (read_back,) = meta_test_tables(mlflow.search_runs(filter_string=f"attributes.run_id = '{run_id}'")).values()
+    pd.testing.assert_frame_equal(read_back[table.columns], table, check_dtype=False)
+    assert stages["register"].data.tags["registered_model"]
 
 
 def test_the_served_learner_learns_the_request_stream_in_order_and_answers_its_queries(lifelong_config):

@@ -1,4 +1,4 @@
-"""The continual-learning meta-test of a lifelong learner (OML's and ANML's protocol), and what it logs.
+"""The continual-learning meta-test of a lifelong learner (OML's and ANML's protocol); ``pipelines.plots.log_meta_test`` logs it.
 
 Each run (a test task, drawn from ``(seed, run)``) is a stream of the test split's classes, never met in
 meta-training, each with ``algorithm.test_shots`` training examples and ``algorithm.test_queries`` held out. The
@@ -10,10 +10,7 @@ the papers choose it. The same meta-test from the untrained initial parameters i
 (``scratch_*``).
 """
 
-import mlflow
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from meta_core.models import flatten
 from pipelines.session import Session
@@ -57,30 +54,3 @@ def evaluate(session: Session, split: str = "test") -> tuple[dict[str, float], p
             if row.classes == counts[-1]:
                 metrics[f"{prefix}_post_adapt_{name}"] = float(row[name])
     return metrics, table
-
-
-def curves(table: pd.DataFrame, baselines: dict[str, pd.DataFrame] | None = None) -> Figure:
-    """Accuracy against classes learned, on the training examples and on held-out ones, with 95% intervals: the
-    learner's (``table``) and each baseline's beside it (the scratch columns of ``table``, and ``baselines``)."""
-    lines = {"meta-learned": table}
-    if "scratch_acc" in table:
-        lines["from scratch"] = table[["classes"]].join(table.filter(like="scratch_").rename(columns=lambda c: c.removeprefix("scratch_")))
-    lines.update(baselines or {})
-    figure = Figure(figsize=(10, 3.5), layout="constrained")
-    for ax, (figure_name, title) in zip(
-        figure.subplots(1, 2), (("train_acc", "training examples (kept)"), ("acc", "held-out examples")), strict=True
-    ):
-        for label, frame in lines.items():
-            ax.errorbar(frame["classes"], frame[figure_name], yerr=frame[f"{figure_name}_ci95"], marker="o", capsize=3, label=label)
-        ax.set(xlabel="classes learned, one pass", ylabel="accuracy", title=title, ylim=(0, 1))
-        ax.legend()
-    return figure
-
-
-def log(table: pd.DataFrame) -> None:
-    """In the active run: each figure (``meta_test_<figure>``, its interval, the chosen rate) stepped by the classes
-    learned, and ``classes_learned.png``."""
-    for _, row in table.iterrows():
-        values = {f"meta_test_{name}": float(value) for name, value in row.items() if name != "classes" and np.isfinite(value)}
-        mlflow.log_metrics(values, step=int(row.classes))
-    mlflow.log_figure(curves(table), "classes_learned.png")
