@@ -1,5 +1,6 @@
-"""A split written in bounded batches: its rows listed first (images still encoded where a reader defers them), then
-decoded one row group at a time, in this process or over the cluster's CPUs on Ray Data, and appended in row order.
+"""A split written in bounded batches: its rows listed first (images still encoded, or a reader's arrays not yet
+resized), then decoded one row group at a time, in this process or over the cluster's CPUs on Ray Data, and appended
+in row order.
 
 Each split becomes ``<split>.parquet`` (the dataset, one row group per batch) and ``<split>.npy`` (the same samples
 as one raw (classes, samples, ...) array, which workers memory-map). A batch is a fixed number of rows, set by the
@@ -34,26 +35,50 @@ PROGRESS_S = 5.0  # seconds between progress lines
 
 @dataclass(frozen=True)
 class Encoded:
-    """One image still encoded: member ``name`` of the zip ``source``, or the file ``name`` of the folder ``source``;
-    decoded where its batch is (``omniglot.decode``)."""
+    """One image still encoded: member ``name`` of the zip ``source``, the file ``name`` of the folder ``source``, or,
+    where ``raw`` holds its bytes (an image of a pickle or table read once), image ``name`` of ``source``; decoded
+    where its batch is (``omniglot.decode``), so that a batch's bytes travel with it to whichever CPU decodes it."""
 
     source: str
     name: str
     size: int
     invert: bool = False
     colour: bool = False
+    raw: bytes | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         return (3, self.size, self.size) if self.colour else (self.size, self.size)
 
+    @property
+    def where(self) -> str:
+        """The image as an error names it."""
+        if self.raw is not None:
+            return f"{self.source} {self.name}"
+        return f"{self.source}/{PurePosixPath(self.name.replace(chr(92), '/'))}"
 
-Sample = np.ndarray | Encoded  # what a reader gives for one example: its array, or the image to decode
+
+@dataclass(frozen=True, eq=False)
+class Pixels:
+    """Image ``index`` of an (N, H, W, 3) uint8 array a reader holds (a pickle's decoded images), resized to ``size``
+    where its batch is: the resized images are never all in memory, and the array is never copied whole. Resized in
+    the process that holds the array (never sent to Ray Data: that would copy it)."""
+
+    array: np.ndarray
+    index: int
+    size: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size)
+
+
+Sample = np.ndarray | Encoded | Pixels  # what a reader gives for one example: its array, the image to decode, or to resize
 Row = tuple[Sample, int]  # a sample and its quarter turns (rotations)
 
 
 def shape_of(sample: Sample) -> tuple[tuple[int, ...], np.dtype]:
-    return (sample.shape, np.dtype(np.uint8)) if isinstance(sample, Encoded) else (sample.shape, sample.dtype)
+    return (sample.shape, np.dtype(np.uint8)) if isinstance(sample, (Encoded, Pixels)) else (sample.shape, sample.dtype)
 
 
 def rows_per_batch(sample_shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -61,24 +86,26 @@ def rows_per_batch(sample_shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 def decoded(rows: list[Row]) -> np.ndarray:
-    """The batch's samples as one array, each decoded (a zip opened once per batch) and turned."""
+    """The batch's samples as one array, each decoded (a zip opened once per batch) or resized, and turned."""
     from data.omniglot import decode, zip_member  # omniglot lists its images as ``Encoded``
+    from data.published import colour
 
     archives: dict[str, zipfile.ZipFile] = {}
     out = []
     try:
         for sample, turns in rows:
-            if isinstance(sample, Encoded):
-                source = Path(sample.source)
-                if source.is_dir():
+            if isinstance(sample, Pixels):
+                sample = colour(sample.array[sample.index], sample.size)
+            elif isinstance(sample, Encoded):
+                source, raw = Path(sample.source), sample.raw
+                if raw is None and source.is_dir():
                     raw = folder_file(source, source / sample.name)
-                else:
+                elif raw is None:
                     if sample.source not in archives:
                         archives[sample.source] = zipfile.ZipFile(source)
                     archive = archives[sample.source]
                     raw = zip_member(source, archive, archive.getinfo(sample.name))
-                where = f"{source}/{PurePosixPath(sample.name.replace(chr(92), '/'))}"
-                sample = decode(raw, sample.size, where, invert=sample.invert, colour=sample.colour)
+                sample = decode(raw, sample.size, sample.where, invert=sample.invert, colour=sample.colour)
             out.append(np.rot90(sample, turns, axes=(-2, -1)) if turns else sample)
     finally:
         for archive in archives.values():
