@@ -1,6 +1,7 @@
 """A split written in bounded batches: its rows listed first (images still encoded, or a reader's arrays not yet
-resized), then decoded one row group at a time, in this process or over the cluster's CPUs on Ray Data, and appended
-in row order.
+resized), then decoded one row group at a time, in this process or over the cluster's CPUs, and appended in row
+order. Rows that name their image's file go to Ray Data; rows that carry their image's bytes (a pickle's, read
+once) are fanned out to Ray tasks as the batches are written, so those bytes never all sit in the object store.
 
 Each split becomes ``<split>.parquet`` (the dataset, one row group per batch) and ``<split>.npy`` (the same samples
 as one raw (classes, samples, ...) array, which workers memory-map). A batch is a fixed number of rows, set by the
@@ -63,7 +64,7 @@ class Encoded:
 class Pixels:
     """Image ``index`` of an (N, H, W, 3) uint8 array a reader holds (a pickle's decoded images), resized to ``size``
     where its batch is: the resized images are never all in memory, and the array is never copied whole. Resized in
-    the process that holds the array (never sent to Ray Data: that would copy it)."""
+    the process that holds the array (never sent to another: that would copy it)."""
 
     array: np.ndarray
     index: int
