@@ -5,15 +5,17 @@ superclass), both from the official CIFAR-100 python archive: 100 classes of 600
 ``cifar-100-python.tar.gz`` archive, or the folder it unpacks to (``train``, ``test`` and ``meta`` pickles).
 """
 
+import io
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from data.files import ArchiveBudget, folder_file, tar_member
-from data.published import CIFAR_STATS, PUBLISHED, check_classes, class_lists, colour, keys_of, load_pickle, register_colour_set
+from data.published import CIFAR_STATS, PUBLISHED, check_classes, class_lists, keys_of, load_pickle, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
+from data.stream import Pixels
 
 MEMBERS = ("train", "test", "meta")
 MEMBER_BYTES = 1 << 30  # the official train pickle is 155 MB
@@ -43,21 +45,22 @@ def members(path: Path) -> dict[str, bytes]:
         raise DataError(f"{path}: not a readable .tar.gz, or truncated ({type(e).__name__}: {e})") from None
 
 
-def read_cifar100(path: Path, size: int) -> dict[str, list[np.ndarray]]:
-    """Every image of CIFAR-100's train and test files, by fine class name."""
+def read_cifar100(path: Path, size: int) -> dict[str, list[Pixels]]:
+    """Every image of CIFAR-100's train and test files, by fine class name, still in the files' pixel arrays."""
     raw = members(path)
-    meta = load_pickle(raw["meta"], f"{path}: meta", encoding="bytes")
+    meta = load_pickle(io.BytesIO(raw.pop("meta")), f"{path}: meta", encoding="bytes")
     keys_of(meta, (b"fine_label_names",), f"{path}: meta")
     names = [name.decode() for name in meta[b"fine_label_names"]]
-    classes: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    classes: dict[str, list[Pixels]] = {name: [] for name in names}
     for part in ("train", "test"):
-        content = load_pickle(raw[part], f"{path}: {part}", encoding="bytes")
+        content = load_pickle(io.BytesIO(raw.pop(part)), f"{path}: {part}", encoding="bytes")
         keys_of(content, (b"data", b"fine_labels"), f"{path}: {part}")
         pixels = np.asarray(content[b"data"], dtype=np.uint8)
         if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32 or len(pixels) != len(content[b"fine_labels"]):
             raise DataError(f"{path}: {part} must hold N x 3072 pixels and N fine labels, got {pixels.shape} and {len(content[b'fine_labels'])}")
-        for image, label in zip(pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), content[b"fine_labels"], strict=True):
-            classes[names[label]].append(colour(image, size))
+        images = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # a view: each image is resized as its batch is written
+        for row, label in enumerate(content[b"fine_labels"]):
+            classes[names[label]].append(Pixels(images, row, size))
     return classes
 
 

@@ -7,22 +7,24 @@ Whole photographs are resized (no bounding-box crop), as Chen et al. (2019) use 
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from data.files import IMAGE_BYTES, ArchiveBudget, folder_file, tar_member
+from data.files import IMAGE_BYTES, ArchiveBudget, tar_member
 from data.omniglot import decode
 from data.published import IMAGENET_STATS, PUBLISHED, check_classes, class_lists, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
+from data.stream import Encoded
 
 
-def images(path: Path):
-    """(class, file name, reader) of every image under an ``images/<class>/`` folder, from the .tgz or its folder."""
+def images(path: Path, size: int):
+    """(class, image) of every image under an ``images/<class>/`` folder: from the unpacked folder, each file still
+    encoded (decoded in batches as its split is written); from the .tgz, read front to back once and decoded as read."""
     if path.is_dir():
         root = next((p for p in (path / "CUB_200_2011" / "images", path / "images") if p.is_dir()), None)
         if root is None:
             raise DataError(f"{path}: no images/ folder (expected CUB_200_2011.tgz or the CUB_200_2011 folder it unpacks to)")
         for file in sorted(root.glob("*/*")):
             if file.is_file():
-                yield file.parent.name, str(file), lambda file=file: folder_file(path, file)
+                yield file.parent.name, Encoded(str(path), file.relative_to(path).as_posix(), size, colour=True)
         return
     budget = ArchiveBudget(path)
     try:
@@ -31,7 +33,8 @@ def images(path: Path):
                 budget.spend(member.size)
                 name = PurePosixPath(member.name)
                 if member.isfile() and len(name.parts) >= 3 and name.parts[-3] == "images":
-                    yield name.parts[-2], f"{path}: {member.name}", lambda member=member: tar_member(path, archive, member, IMAGE_BYTES)
+                    raw = tar_member(path, archive, member, IMAGE_BYTES)
+                    yield name.parts[-2], decode(raw, size, f"{path}: {member.name}", colour=True)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{path}: not a readable .tgz, or truncated ({type(e).__name__}: {e})") from None
 
@@ -40,8 +43,8 @@ def read(path: Path, data: DataConfig) -> Classes:
     lists = class_lists("cub")
     split_of = {label: split for split in PUBLISHED for label in lists[split]}
     found: dict[str, list] = {}
-    for label, where, raw in images(path):
-        found.setdefault(label, []).append(decode(raw(), data.image_size, where, colour=True))
+    for label, image in images(path, data.image_size):
+        found.setdefault(label, []).append(image)
     if not found:
         raise DataError(f"{path}: no images found (expected CUB_200_2011/images/<class>/*.jpg)")
     check_classes(found, list(split_of), str(path), "train + val + test")

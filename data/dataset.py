@@ -117,8 +117,8 @@ def plan(name: str, classes: Classes, rotations: bool) -> tuple[stream.Plan, str
 
 def parallelism(data: DataConfig, plans: list[stream.Plan]) -> int:
     """CPUs to decode on: ``data.prepare_cpus``, or where it is null, the cluster's where there are at least
-    ``stream.PARALLEL_ROWS`` images to decode, else none (0: in this process). Samples a reader gave as arrays are
-    already in this process, so they stay here."""
+    ``stream.PARALLEL_ROWS`` images to decode, else none (0: in this process). Samples a reader gave as arrays (or
+    as images of an array to resize, ``stream.Pixels``) are already in this process, so they stay here."""
     encoded = [isinstance(sample, stream.Encoded) for p in plans for sample, _ in p.rows]
     if not all(encoded):
         return 0

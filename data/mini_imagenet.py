@@ -9,10 +9,10 @@ import csv
 from pathlib import Path
 
 from data.files import inside
-from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, colour, keys_of, load_pickle, register_colour_set
+from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, keys_of, load_pickle, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
-from data.stream import Encoded
+from data.stream import Encoded, Pixels
 
 PICKLES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl", "test": "mini-imagenet-cache-test.pkl"}
 
@@ -61,7 +61,8 @@ def read_pickle(folder: Path, split: str, published: list[str], size: int) -> di
     path = folder / PICKLES[split]
     if not path.is_file():
         raise DataError(f"{path}: missing (mini-ImageNet's pickled form needs {', '.join(PICKLES.values())})")
-    content = load_pickle(inside(folder, path).read_bytes(), str(path))
+    with open(inside(folder, path), "rb") as stream:
+        content = load_pickle(stream, str(path))
     keys_of(content, ("image_data", "class_dict"), str(path))
     images = content["image_data"]
     if getattr(images, "dtype", None) != "uint8" or images.ndim != 4 or images.shape[-1] != 3:
@@ -73,7 +74,7 @@ def read_pickle(folder: Path, split: str, published: list[str], size: int) -> di
     for label, rows in content["class_dict"].items():
         if not rows or max(rows) >= len(images):
             raise DataError(f"{path}: class_dict['{label}'] lists rows beyond image_data's {len(images)} images")
-        part[label] = [colour(images[row], size) for row in rows]
+        part[label] = [Pixels(images, row, size) for row in rows]  # resized as its batch is written
     return part
 
 

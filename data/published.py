@@ -5,11 +5,11 @@ the ``source`` they were taken from). A reader returns ``Classes`` keyed by (spl
 are not the published lists' is refused, naming the file.
 """
 
-import io
 import json
 import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -69,10 +69,11 @@ class ArraysOnly(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_pickle(raw: bytes, where: str, encoding: str = "latin1"):
-    """A pickle's content (Python 2 pickles too: their strings as ``encoding``), or a one-line error naming ``where``."""
+def load_pickle(stream: BinaryIO, where: str, encoding: str = "latin1"):
+    """A pickle's content read from ``stream`` (a file is read as it is unpickled, never whole into memory first;
+    Python 2 pickles too: their strings as ``encoding``), or a one-line error naming ``where``."""
     try:
-        return ArraysOnly(io.BytesIO(raw), encoding=encoding).load()
+        return ArraysOnly(stream, encoding=encoding).load()
     except Exception as e:  # truncated, not a pickle, or refused
         raise DataError(f"{where}: not a readable pickle of arrays ({type(e).__name__}: {e})") from None
 

@@ -1,5 +1,7 @@
-"""A split written in bounded batches: its rows listed first (images still encoded where a reader defers them), then
-decoded one row group at a time, in this process or over the cluster's CPUs on Ray Data, and appended in row order.
+"""A split written in bounded batches: its rows listed first (images still encoded, or a reader's arrays not yet
+resized), then decoded one row group at a time, in this process or over the cluster's CPUs, and appended in row
+order. Rows that name their image's file go to Ray Data; rows that carry their image's bytes (a pickle's, read
+once) are fanned out to Ray tasks as the batches are written, so those bytes never all sit in the object store.
 
 Each split becomes ``<split>.parquet`` (the dataset, one row group per batch) and ``<split>.npy`` (the same samples
 as one raw (classes, samples, ...) array, which workers memory-map). A batch is a fixed number of rows, set by the
@@ -14,6 +16,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -34,26 +37,50 @@ PROGRESS_S = 5.0  # seconds between progress lines
 
 @dataclass(frozen=True)
 class Encoded:
-    """One image still encoded: member ``name`` of the zip ``source``, or the file ``name`` of the folder ``source``;
-    decoded where its batch is (``omniglot.decode``)."""
+    """One image still encoded: member ``name`` of the zip ``source``, the file ``name`` of the folder ``source``, or,
+    where ``raw`` holds its bytes (an image of a pickle or table read once), image ``name`` of ``source``; decoded
+    where its batch is (``omniglot.decode``), so that a batch's bytes travel with it to whichever CPU decodes it."""
 
     source: str
     name: str
     size: int
     invert: bool = False
     colour: bool = False
+    raw: bytes | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         return (3, self.size, self.size) if self.colour else (self.size, self.size)
 
+    @property
+    def where(self) -> str:
+        """The image as an error names it."""
+        if self.raw is not None:
+            return f"{self.source} {self.name}"
+        return f"{self.source}/{PurePosixPath(self.name.replace(chr(92), '/'))}"
 
-Sample = np.ndarray | Encoded  # what a reader gives for one example: its array, or the image to decode
+
+@dataclass(frozen=True, eq=False)
+class Pixels:
+    """Image ``index`` of an (N, H, W, 3) uint8 array a reader holds (a pickle's decoded images), resized to ``size``
+    where its batch is: the resized images are never all in memory, and the array is never copied whole. Resized in
+    the process that holds the array (never sent to another: that would copy it)."""
+
+    array: np.ndarray
+    index: int
+    size: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size)
+
+
+Sample = np.ndarray | Encoded | Pixels  # what a reader gives for one example: its array, the image to decode, or to resize
 Row = tuple[Sample, int]  # a sample and its quarter turns (rotations)
 
 
 def shape_of(sample: Sample) -> tuple[tuple[int, ...], np.dtype]:
-    return (sample.shape, np.dtype(np.uint8)) if isinstance(sample, Encoded) else (sample.shape, sample.dtype)
+    return (sample.shape, np.dtype(np.uint8)) if isinstance(sample, (Encoded, Pixels)) else (sample.shape, sample.dtype)
 
 
 def rows_per_batch(sample_shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -61,24 +88,26 @@ def rows_per_batch(sample_shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 def decoded(rows: list[Row]) -> np.ndarray:
-    """The batch's samples as one array, each decoded (a zip opened once per batch) and turned."""
+    """The batch's samples as one array, each decoded (a zip opened once per batch) or resized, and turned."""
     from data.omniglot import decode, zip_member  # omniglot lists its images as ``Encoded``
+    from data.published import colour
 
     archives: dict[str, zipfile.ZipFile] = {}
     out = []
     try:
         for sample, turns in rows:
-            if isinstance(sample, Encoded):
-                source = Path(sample.source)
-                if source.is_dir():
+            if isinstance(sample, Pixels):
+                sample = colour(sample.array[sample.index], sample.size)
+            elif isinstance(sample, Encoded):
+                source, raw = Path(sample.source), sample.raw
+                if raw is None and source.is_dir():
                     raw = folder_file(source, source / sample.name)
-                else:
+                elif raw is None:
                     if sample.source not in archives:
                         archives[sample.source] = zipfile.ZipFile(source)
                     archive = archives[sample.source]
                     raw = zip_member(source, archive, archive.getinfo(sample.name))
-                where = f"{source}/{PurePosixPath(sample.name.replace(chr(92), '/'))}"
-                sample = decode(raw, sample.size, where, invert=sample.invert, colour=sample.colour)
+                sample = decode(raw, sample.size, sample.where, invert=sample.invert, colour=sample.colour)
             out.append(np.rot90(sample, turns, axes=(-2, -1)) if turns else sample)
     finally:
         for archive in archives.values():
@@ -98,19 +127,25 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def decode_block(batch: dict) -> dict:
-    """Ray Data's map: one planned batch in (pickled rows), its samples' bytes out, with this worker's peak memory; a
-    sample that is not a readable image comes back as its one-line error, which the driver raises as it is."""
+def decode_plan(plan: bytes) -> tuple[bytes, str, int, int]:
+    """One planned batch (pickled rows) decoded: its samples' bytes, or the one-line error of a sample that is not a
+    readable image (which the driver raises as it is); with this worker's pid and peak memory."""
     try:
-        pixels, error = decoded(pickle.loads(batch["plan"][0])).tobytes(), ""
+        pixels, error = decoded(pickle.loads(plan)).tobytes(), ""
     except DataError as e:
         pixels, error = b"", str(e)
+    return pixels, error, os.getpid(), peak_rss()
+
+
+def decode_block(batch: dict) -> dict:
+    """Ray Data's map: ``decode_plan`` of the block's one batch."""
+    pixels, error, pid, peak = decode_plan(batch["plan"][0])
     return {
         "index": batch["index"],
         "pixels": np.array([pixels], dtype=object),
         "error": np.array([error], dtype=object),
-        "pid": np.array([os.getpid()]),
-        "peak": np.array([peak_rss()]),
+        "pid": np.array([pid]),
+        "peak": np.array([peak]),
     }
 
 
@@ -200,7 +235,12 @@ def write(folder: Path, plans: list[Plan], cpus: int, memory_mb: int, connect: C
     writers: dict[str, Split] = {}
     try:
         with sampler:
-            batches = on_ray(jobs, cpus, memory_mb, connect, stats) if cpus else (decoded(plan.rows[start:stop]) for plan, start, stop in jobs)
+            if not cpus:
+                batches = (decoded(plan.rows[start:stop]) for plan, start, stop in jobs)
+            elif any(isinstance(sample, Encoded) and sample.raw is not None for plan in plans for sample, _ in plan.rows):
+                batches = fanned_out(jobs, cpus, memory_mb, connect, stats)
+            else:
+                batches = on_ray(jobs, cpus, memory_mb, connect, stats)
             for (plan, start, stop), samples in zip(jobs, batches, strict=True):
                 if plan.name not in writers:
                     writers[plan.name] = Split(folder, plan.name, plan.shape, plan.dtype)
@@ -223,10 +263,7 @@ def on_ray(jobs: list, cpus: int, memory_mb: int, connect: Callable[[], None] | 
     import ray.data
     from ray.data import DataContext, ExecutionResources
 
-    if connect is not None:
-        connect()
-    if cpus < 0:  # every CPU of the cluster
-        cpus = stats.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = joined(cpus, connect, stats)
     context = DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.execution_options.resource_limits, context.enable_progress_bars)
     context.execution_options.preserve_order = True  # batches come back in plan order, whatever finishes first
@@ -240,15 +277,64 @@ def on_ray(jobs: list, cpus: int, memory_mb: int, connect: Callable[[], None] | 
         for expected, ((plan, start, stop), batch) in enumerate(
             zip(jobs, decoded_blocks.iter_batches(batch_size=1, batch_format="numpy"), strict=True)
         ):
-            if batch["error"][0]:
-                raise DataError(batch["error"][0])
             if int(batch["index"][0]) != expected:
                 raise RuntimeError(f"Ray Data returned batch {batch['index'][0]} where batch {expected} was due")
-            pid, peak = int(batch["pid"][0]), int(batch["peak"][0])
-            stats.worker_peaks[pid] = max(stats.worker_peaks.get(pid, 0), peak)
-            yield np.frombuffer(batch["pixels"][0], plan.dtype).reshape(stop - start, *plan.shape[2:])
+            yield received(plan, stop - start, (batch["pixels"][0], batch["error"][0], int(batch["pid"][0]), int(batch["peak"][0])), stats)
     finally:
         context.execution_options.preserve_order, context.execution_options.resource_limits, context.enable_progress_bars = saved
+
+
+def fanned_out(jobs: list, cpus: int, memory_mb: int, connect: Callable[[], None] | None, stats: Stats) -> Iterator[np.ndarray]:
+    """Each job's decoded batch, in job order, for rows that carry their images' bytes (a pickle read once): a Ray
+    task per batch on at most ``cpus`` CPUs at once, each batch's rows sent as its task is submitted, and at most
+    ``memory_mb`` of batches submitted ahead of the one written. Ray Data would put every batch's bytes into the
+    object store before decoding any, and each worker would map the pages of every batch it read."""
+    import ray
+
+    cpus = joined(cpus, connect, stats)
+    decode = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(decode_plan)
+    ahead = max(cpus, memory_mb * MiB // (2 * ROW_GROUP_BYTES))  # a batch's bytes in and its samples out
+    queue: deque = deque()  # (job, its task), in job order
+    running: set = set()
+    submitted, stats.worker_peaks = 0, {}
+    try:
+        while queue or submitted < len(jobs):
+            while submitted < len(jobs) and len(running) < cpus and len(queue) < ahead:
+                plan, start, stop = jobs[submitted]
+                task = decode.remote(pickle.dumps(plan.rows[start:stop]))
+                queue.append((jobs[submitted], task))
+                running.add(task)
+                submitted += 1
+            (plan, start, stop), task = queue[0]
+            if task in running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                running.difference_update(done)
+                continue
+            queue.popleft()
+            yield received(plan, stop - start, ray.get(task), stats)
+    finally:
+        for task in running:
+            ray.cancel(task)
+
+
+def joined(cpus: int, connect: Callable[[], None] | None, stats: Stats) -> int:
+    """The CPUs to decode on, once on the cluster (``connect``): ``cpus``, or for -1 every CPU of the cluster."""
+    import ray
+
+    if connect is not None:
+        connect()
+    if cpus < 0:
+        cpus = stats.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return cpus
+
+
+def received(plan: Plan, rows: int, result: tuple[bytes, str, int, int], stats: Stats) -> np.ndarray:
+    """A batch's samples from its ``decode_plan`` result, whose worker's peak memory is noted; its error raised."""
+    pixels, error, pid, peak = result
+    if error:
+        raise DataError(error)
+    stats.worker_peaks[pid] = max(stats.worker_peaks.get(pid, 0), peak)
+    return np.frombuffer(pixels, plan.dtype).reshape(rows, *plan.shape[2:])
 
 
 class PeakSampler:

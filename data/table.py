@@ -8,9 +8,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from data.omniglot import decode
 from data.registry import Classes, DataConfig, DatasetSpec, classification_tasks, register_dataset, ways
 from data.sources import DataError
+from data.stream import Encoded
 
 SUFFIXES = (".parquet", ".csv")
 
@@ -63,11 +63,14 @@ def features(table: pa.Table, path: Path, names: list[str]) -> np.ndarray:
     return np.stack(out, axis=1)
 
 
-def images(table: pa.Table, path: Path, name: str, size: int) -> list[np.ndarray]:
+def images(table: pa.Table, path: Path, name: str, size: int) -> list[Encoded]:
+    """The image column's images, still encoded (decoded in batches as their split is written)."""
     values = column(table, path, name, "data.image_column")
     if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
         raise DataError(f"{path}: image column '{name}' must hold encoded image bytes, got {values.type}")
-    return [decode(raw, size, f"{path} row {row} column '{name}'", invert=False) for row, raw in enumerate(values.to_pylist())]
+    if values.null_count:
+        raise DataError(f"{path}: image column '{name}' has a missing value in row {values.is_null().index(True).as_py()}")
+    return [Encoded(str(path), f"row {row} column '{name}'", size, raw=raw) for row, raw in enumerate(values.to_pylist())]
 
 
 def read(path: Path, data: DataConfig) -> Classes:

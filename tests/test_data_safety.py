@@ -314,6 +314,14 @@ def test_a_jpeg_corrupted_mid_stream_is_refused_in_one_line_naming_the_file(tmp_
     refused(tmp_path, tmp_path / "images.parquet", overrides, "images.parquet row 3 column 'image'", "not a readable image", "corrupt JPEG data")
 
 
+def test_a_missing_image_in_a_table_is_refused_in_one_line_naming_its_row(tmp_path):
+    pd.DataFrame({"label": ["a", "a", "b", "b"], "image": [jpg("n01532829", 0), jpg("n01532829", 1), None, jpg("n01532829", 2)]}).to_parquet(
+        tmp_path / "images.parquet"
+    )
+    overrides = [*TABLE[:3], "task.ways=2", "task.shots=1", "task.queries=1"]
+    refused(tmp_path, tmp_path / "images.parquet", overrides, "images.parquet: image column 'image' has a missing value in row 2")
+
+
 @pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
 def test_corruption_past_the_first_window_of_a_large_jpeg_is_found(corrupt):
     out = io.BytesIO()

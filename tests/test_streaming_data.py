@@ -1,10 +1,12 @@
 """Preparing in bounded batches and reading splits where they are used, on generated colour images
-(mini-ImageNet's folder form): the same bytes on 1 and 2 CPUs as in one process, a data set several times the memory
-bound prepared within it in every process, a driver whose memory does not grow with the data set, and training that
-ends with the same bits whichever way its workers read the splits."""
+(mini-ImageNet's folder form, tieredImageNet's pickles of PNGs): the same bytes on 1 and 2 CPUs as in one process
+and as a plain decode, a data set several times the memory bound prepared within it in every process, a driver whose
+memory does not grow with the data set, and training that ends with the same bits whichever way its workers read the
+splits."""
 
 import hashlib
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from cluster.worker import deliver
 from pipelines.build import prepared
 from pipelines.config import load
 from pipelines.session import Session
+from tests.benchmark_data import encoded, image, lists
 from tests.conftest import start_local_ray
 
 MEMORY_MB = 32  # data.prepare_memory_mb's floor
@@ -55,6 +58,44 @@ def large_prepared(ray_session, small, large, tmp_path_factory) -> tuple[dict, i
     return baseline, driver_before, prepared(config(large, cache, *overrides))
 
 
+def tiered_pickles(folder: Path, per_class: int = 2) -> Path:
+    """tieredImageNet's files (``<split>_images_png.pkl``: PNGs as uint8 arrays; ``<split>_labels.pkl``) holding
+    ``per_class`` 12x12 images per class and one more for each split's first class (cut off: the splits keep
+    ``per_class``), in a shuffled order, so that a split's rows are not the pickle's order."""
+    folder.mkdir()
+    for split, labels in lists("tiered_imagenet").items():
+        rows = [(c, i) for c in range(len(labels)) for i in range(per_class + (c == 0))]
+        rows = [rows[i] for i in np.random.default_rng(len(labels)).permutation(len(rows))]
+        pngs = [np.frombuffer(encoded(image(labels[c], i), "PNG"), np.uint8) for c, i in rows]
+        meta = {"label_specific": np.array([c for c, _ in rows]), "label_specific_str": labels}
+        (folder / f"{split}_images_png.pkl").write_bytes(pickle.dumps(pngs))
+        (folder / f"{split}_labels.pkl").write_bytes(pickle.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiered(tmp_path_factory) -> Path:
+    return tiered_pickles(tmp_path_factory.mktemp("tiered") / "copy")
+
+
+def tiered_config(source: Path, cache: Path, *overrides: str):
+    base = [f"data.source={source}", f"data.cache_dir={cache}", "data.name=tiered_imagenet", "model.name=conv4", "model.width=4"]
+    return load(None, [*base, "task.ways=2", "task.shots=1", "task.queries=1", *overrides])
+
+
+def tiered_by_hand(source: Path, split: str, size: int) -> np.ndarray:
+    """The split as a plain loop decodes the pickles: each class in name order, its PNGs in the pickle's order, cut
+    to the smallest class, resized with Lanczos, channels first."""
+    pngs = pickle.loads((source / f"{split}_images_png.pkl").read_bytes())
+    meta = pickle.loads((source / f"{split}_labels.pkl").read_bytes())
+    classes: dict[str, list] = {}
+    for png, label in zip(pngs, meta["label_specific"], strict=True):
+        pixels = Image.open(io.BytesIO(png.tobytes())).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+        classes.setdefault(meta["label_specific_str"][label], []).append(np.asarray(pixels).transpose(2, 0, 1))
+    n = min(len(images) for images in classes.values())
+    return np.stack([np.stack(classes[name][:n]) for name in sorted(classes)])
+
+
 def files(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet")) + sorted(folder.glob("*.npy"))}
 
@@ -82,6 +123,17 @@ def test_one_and_two_cpus_write_the_same_bytes_as_one_process(ray_local, small, 
         assert np.array_equal(column.flatten().to_numpy().reshape(arrays[split].shape), arrays[split])
 
 
+def test_a_tiered_imagenet_pickle_prepares_on_one_and_two_cpus_to_the_same_bytes_as_a_plain_decode(ray_local, tiered, tmp_path):
+    folders = {cpus: prepared(tiered_config(tiered, tmp_path / f"cache{cpus}", "data.image_size=12", f"data.prepare_cpus={cpus}")) for cpus in (1, 2)}
+    assert [data.preparation_of(f)["cpus"] for f in folders.values()] == [1, 2]
+    assert files(folders[1]) == files(folders[2]) and data.manifest_of(folders[1]) == data.manifest_of(folders[2])
+    arrays = data.load_splits(folders[2])
+    for split in ("train", "val", "test"):
+        assert np.array_equal(arrays[split], tiered_by_hand(tiered, split, 12))
+        column = pq.read_table(folders[2] / f"{split}.parquet", columns=["sample"]).column("sample").combine_chunks()
+        assert np.array_equal(column.flatten().to_numpy().reshape(arrays[split].shape), arrays[split])
+
+
 def test_a_data_set_several_times_the_memory_bound_prepares_within_it_in_every_process(large_prepared):
     baseline, driver_before, folder = large_prepared
     stats = data.preparation_of(folder)
@@ -90,6 +142,19 @@ def test_a_data_set_several_times_the_memory_bound_prepares_within_it_in_every_p
     # the driver holds the batch it writes beside its long-lived allocations (this test process's own): under twice
     # the bound, however many times the bound the data set is
     assert stats["driver_peak_mib"] * MiB - driver_before < 2 * MEMORY_MB * MiB
+    assert stats["worker_peak_mib"] - baseline["worker_peak_mib"] < MEMORY_MB
+
+
+def test_a_tiered_imagenet_pickle_several_times_the_memory_bound_decoded_prepares_within_it_in_every_process(ray_local, tiered, tmp_path):
+    """Two images per class, then four (11 times the bound decoded): the second may not pass the first's peaks by the bound."""
+    overrides = ["data.image_size=224", "data.prepare_cpus=2", f"data.prepare_memory_mb={MEMORY_MB}"]
+    baseline = data.preparation_of(prepared(tiered_config(tiered, tmp_path / "cache", *overrides)))
+    source, driver_before = tiered_pickles(tmp_path / "four", 4), psutil.Process().memory_info().rss
+    stats = data.preparation_of(prepared(tiered_config(source, tmp_path / "cache", *overrides)))
+    pickles = sum(p.stat().st_size for p in source.glob("*_images_png.pkl"))
+    assert stats["images"] * 3 * 224 * 224 > 10 * MEMORY_MB * MiB
+    # the driver holds the pickles' encoded images (read once) and the batch it writes: under twice the bound beyond them
+    assert stats["driver_peak_mib"] * MiB - driver_before < pickles + 2 * MEMORY_MB * MiB
     assert stats["worker_peak_mib"] - baseline["worker_peak_mib"] < MEMORY_MB
 
 
@@ -138,4 +203,15 @@ def test_an_unreadable_image_decoded_on_ray_data_is_one_line_naming_it_and_leave
     victim.write_bytes(b"not a png")
     with pytest.raises(data.DataError, match=rf"^{victim}: not a readable image \(UnidentifiedImageError: [^\n]*$"):
         prepared(config(source, tmp_path / "cache", "data.image_size=8", "data.prepare_cpus=1"))
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_an_unreadable_image_of_a_pickle_decoded_on_the_cluster_is_one_line_naming_it_and_leaves_nothing_behind(ray_local, tmp_path):
+    source = tiered_pickles(tmp_path / "copy")
+    path = source / "val_images_png.pkl"
+    pngs = pickle.loads(path.read_bytes())
+    pngs[5] = np.frombuffer(b"not a png", np.uint8)
+    path.write_bytes(pickle.dumps(pngs))
+    with pytest.raises(data.DataError, match=rf"^{path} image 5: not a readable image \(UnidentifiedImageError: [^\n]*$"):
+        prepared(tiered_config(source, tmp_path / "cache", "data.image_size=8", "data.prepare_cpus=1"))
     assert not list((tmp_path / "cache").iterdir())
