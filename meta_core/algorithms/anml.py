@@ -35,7 +35,7 @@ class ANML(StreamLearner):
         return torch.cat([x.flatten(1), gates], 1)
 
     def loss(self, weights: Params, rows, y) -> torch.Tensor:
-        pixels, gates = rows[:, : -self.model.body.features], rows[:, -self.model.body.features :]
+        pixels, gates = rows[:, : -self.model.body.features].detach(), rows[:, -self.model.body.features :]  # pixels: data, no gradient
         images = pixels.reshape(len(rows), -1, *self.input_shape[-2:])
         features = functional_call(self.model.body.pln, part(weights, PREDICTION), (images,)) * gates
         return task_loss(self.kind, F.linear(features, weights[f"{HEAD}weight"], weights[f"{HEAD}bias"]), y)
