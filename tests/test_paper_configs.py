@@ -217,20 +217,13 @@ def test_each_meta_rl_config_takes_every_hyperparameter_its_source_states(name):
     assert {k: ours[k] for k in RL_PAPERS[name]} == RL_PAPERS[name]
 
 
-# The lifelong configs' published figures, transcribed from each source (not from the YAML files): held-out accuracy
-# after the most classes. ANML: uvm-neurobotics-lab/higherANML's README, Evaluation table, 0.65 after 600 classes (no
-# interval, its runs not counted). OML: khurramjaved96/mrcl's README gives a plot only, so no figure.
-LIFELONG_PUBLISHED = {
-    "anml": {"acc": 0.65, "ci95": None, "steps": 600, "tasks": None, "repository": "uvm-neurobotics-lab/higherANML"},
-    "oml": {"acc": None, "ci95": None, "steps": None, "tasks": None, "repository": None},
-}
+# The lifelong configs' published figures, from each source (not from the YAML files). None is transcribed: the
+# authors' repositories give none as a number (khurramjaved96/mrcl's README plots OML's curves only; uvm-neurobotics-
+# lab/ANML's README states no accuracy), and the one number their lab published for ANML (uvm-neurobotics-lab/
+# higherANML's README: 0.65 after 600 classes) comes from another training protocol (30,000 steps, outer rate 0.003).
+LIFELONG_PUBLISHED = {"oml": None, "anml": None}
 
 
 @pytest.mark.parametrize("name", sorted(LIFELONG_PUBLISHED))
-def test_each_lifelong_config_holds_its_sources_figure_at_a_count_of_classes_it_evaluates(name):
-    cfg = load(name)
-    p = cfg.published
-    source = LIFELONG_PUBLISHED[name]
-    assert {"acc": p.acc, "ci95": p.ci95, "steps": p.steps, "tasks": p.tasks} == {k: source[k] for k in ("acc", "ci95", "steps", "tasks")}
-    assert p.source is None if source["repository"] is None else source["repository"] in p.source
-    assert p.steps is None or p.steps in cfg.eval.steps
+def test_each_lifelong_config_holds_its_sources_figure(name):
+    assert load(name).published.acc == LIFELONG_PUBLISHED[name]
