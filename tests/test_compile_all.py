@@ -15,19 +15,24 @@ from meta_core.tasks import ClassificationTasks, SinusoidTasks
 from tests.test_families import one_thread  # noqa: F401  (autouse: tiny models on one thread)
 
 FEATURES = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)  # 6 classes of 4 examples, 5 features each
+IMAGES = np.random.default_rng(0).random((6, 4, 28, 28), dtype=np.float32)  # the same, as 28x28 images
+NARROW = {"anml_net": {"width": 4, "nm_width": 3}}  # the image networks a classification learner may be bound to
 
 
 def tiny(name: str):
-    """The algorithm on a small MLP (for RL, the first policy it runs with) and a source of its tasks: 3-way 1-shot over 5 features, else
-    the sinusoid, else point navigation (a round of rollouts per inner step and one after)."""
+    """The algorithm on a small MLP (on the first network it runs with, where it names its own) and a source of its tasks:
+    3-way 1-shot over 5 features (or 28x28 images), else the sinusoid, else point navigation (a round of rollouts per inner
+    step and one after)."""
     spec = ALGORITHMS[name]
-    if "classification" in spec.kinds:
+    if "classification" in spec.kinds and spec.models:
+        model, kind, shape, outputs, source = MODELS[spec.models[0]], "classification", (28, 28), 3, ClassificationTasks(IMAGES, 3, 1, 2)
+    elif "classification" in spec.kinds:
         model, kind, shape, outputs, source = MODELS["mlp"], "classification", (5,), 3, ClassificationTasks(FEATURES, 3, 1, 2)
     elif "regression" in spec.kinds:
         model, kind, shape, outputs, source = MODELS["mlp"], "regression", (1,), 1, SinusoidTasks(5, 5)
     else:
         model, kind, shape, outputs, source = MODELS[spec.models[0]], "rl", (2,), 2, PointNavigation(episodes=2, horizon=4, rounds=3)
-    model_options = {"width": 8} if kind == "rl" else {}
+    model_options = {"width": 8} if kind == "rl" else NARROW.get(model.name, {})
     algo = Learner(spec, model, kind, shape, outputs, inner_steps=2, inner_lr=0.1, model_options=model_options).build()
     return algo, source, algo.initial_params(0)
 
