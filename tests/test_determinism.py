@@ -89,7 +89,7 @@ def conv(omniglot, tmp_path_factory) -> tuple[str, ...]:
     return ("data.name=omniglot", *omniglot.overrides(), f"data.cache_dir={cache}", *SHARED, *CONV)
 
 
-@pytest.mark.parametrize("workers, aggregation, per_call", [(2, "driver", 1), (3, "driver", 1), (3, "allreduce", 50)])
+@pytest.mark.parametrize("workers, aggregation, per_call", [(2, "driver", 1), (3, "allreduce", 50)])  # 3 on the driver path: the killed worker's test
 def test_sinusoid_ends_with_the_same_bits_on_any_number_of_workers_and_either_aggregation(ray_local, workers, aggregation, per_call):
     overrides = ("data.name=sinusoid", *SHARED, *SINUSOID)
     cfg = load(None, [*overrides, f"cluster.workers={workers}", f"cluster.aggregation={aggregation}", f"cluster.steps_per_call={per_call}"])
@@ -128,7 +128,7 @@ def test_the_float64_mean_gradient_is_the_same_whatever_arrives_first(ray_local)
     """Below the outer step's float32: the driver's float64 sum itself, at steps where the first micro-batch comes last."""
     overrides = ["data.name=sinusoid", *SHARED, *SINUSOID]
     gradients = {}
-    for workers in (1, 2, 3):
+    for workers in (1, 3):
         cfg = load(None, [*overrides, f"cluster.workers={workers}"])
         _, layout, flat, _ = start(cfg)
         driver = Driver(worker_setup(cfg), cfg.cluster, splits(cfg), layout, FirstLate)
@@ -136,9 +136,8 @@ def test_the_float64_mean_gradient_is_the_same_whatever_arrives_first(ray_local)
             gradients[workers] = [driver.mean_gradient(flat.numpy(), step) for step in range(1, 4 * LATE_EVERY, LATE_EVERY)]
         finally:
             driver.shutdown()
-    for workers in (2, 3):
-        for (gradient, metrics), (alone_gradient, alone_metrics) in zip(gradients[workers], gradients[1], strict=True):
-            assert np.array_equal(gradient, alone_gradient) and metrics == alone_metrics
+    for (gradient, metrics), (alone_gradient, alone_metrics) in zip(gradients[3], gradients[1], strict=True):
+        assert np.array_equal(gradient, alone_gradient) and metrics == alone_metrics
 
 
 NON_ASSOCIATIVE = (2.0**54, 2.0**54, 2.0**54, 5.0)  # one per micro-batch, float32 values: float64 adds them up to another figure in any other order
