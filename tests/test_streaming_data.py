@@ -142,11 +142,14 @@ def test_a_data_set_several_times_the_memory_bound_prepares_within_it_in_every_p
     # the driver holds the batch it writes beside its long-lived allocations (this test process's own): under twice
     # the bound, however many times the bound the data set is
     assert stats["driver_peak_mib"] * MiB - driver_before < 2 * MEMORY_MB * MiB
-    assert stats["worker_peak_mib"] - baseline["worker_peak_mib"] < MEMORY_MB
+    # a worker holds a batch's rows in and its samples out: under twice the bound beyond the small set's peak, where a
+    # worker that held the data set would pass it by more than four times
+    assert stats["worker_peak_mib"] - baseline["worker_peak_mib"] < 2 * MEMORY_MB
 
 
 def test_a_tiered_imagenet_pickle_several_times_the_memory_bound_decoded_prepares_within_it_in_every_process(ray_local, tiered, tmp_path):
-    """Two images per class, then four (11 times the bound decoded): the second may not pass the first's peaks by the bound."""
+    """Two images per class, then four (11 times the bound decoded): the second may not pass the first's peaks by
+    more than a batch in and out."""
     overrides = ["data.image_size=224", "data.prepare_cpus=2", f"data.prepare_memory_mb={MEMORY_MB}"]
     baseline = data.preparation_of(prepared(tiered_config(tiered, tmp_path / "cache", *overrides)))
     source, driver_before = tiered_pickles(tmp_path / "four", 4), psutil.Process().memory_info().rss
@@ -155,7 +158,7 @@ def test_a_tiered_imagenet_pickle_several_times_the_memory_bound_decoded_prepare
     assert stats["images"] * 3 * 224 * 224 > 10 * MEMORY_MB * MiB
     # the driver holds the pickles' encoded images (read once) and the batch it writes: under twice the bound beyond them
     assert stats["driver_peak_mib"] * MiB - driver_before < pickles + 2 * MEMORY_MB * MiB
-    assert stats["worker_peak_mib"] - baseline["worker_peak_mib"] < MEMORY_MB
+    assert stats["worker_peak_mib"] - baseline["worker_peak_mib"] < 2 * MEMORY_MB  # as above: a batch in and out
 
 
 def test_the_drivers_memory_does_not_grow_with_the_data_set(ray_local, small, large, large_prepared):
