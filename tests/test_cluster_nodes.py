@@ -1,4 +1,5 @@
-"""Two simulated nodes: workers spread over both, and training goes on when one node is removed."""
+"""Two simulated nodes: workers spread over both, training goes on when one node is removed, and where every node
+reads the prepared splits."""
 
 import time
 
@@ -8,6 +9,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import ActorUnavailableError
 
+from cluster import worker
 from tests.cluster_helpers import STEPS, config, reference, train
 
 
@@ -62,3 +64,21 @@ def test_node_removed_mid_run_training_goes_on_with_the_nodes_left(two_nodes):
     assert placed[0] == {two_nodes.head_node.node_id, side.node_id}, "workers should spread over both nodes"
     assert placed[STEPS - 1] == {two_nodes.head_node.node_id}, "the lost worker should restart on the node left"
     np.testing.assert_allclose(survived, reference(cfg), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_delivery_probes_the_nodes_and_gives_a_split_some_node_cannot_read_through_the_object_store(two_nodes, tmp_path, monkeypatch):
+    """The simulated nodes share this machine's files, so every probe finds the split and ``auto`` hands the workers
+    its path; where a node could not read it (as the probe then says), the same split through the object store."""
+    if not ray.is_initialized():
+        ray.init(address=two_nodes.address, log_to_driver=False)
+    if sum(node["Alive"] for node in ray.nodes()) < 2:
+        two_nodes.add_node(num_cpus=2)
+        two_nodes.wait_for_nodes()
+    split = tmp_path / "train.npy"
+    np.save(split, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert worker.readable_everywhere([split])
+    assert worker.deliver({"train": split}, "auto") == {"train": split}
+    monkeypatch.setattr(worker, "readable_everywhere", lambda paths: False)
+    (delivered,) = worker.deliver({"train": split}, "auto").values()
+    assert isinstance(delivered, ray.ObjectRef)
+    np.testing.assert_array_equal(worker.readable(delivered), np.load(split))
