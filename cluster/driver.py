@@ -72,8 +72,9 @@ class Driver:
         """``worker_cls``: what its workers are, if not MetaWorkers (a subclass, in tests); ``scheduling`` places them."""
         self.meta_batch, self.micro_batches = setup.outer.meta_batch, micro_batches(setup.outer.meta_batch, setup.micro_batch)
         self.outer_steps = setup.outer.steps_per_batch
-        self.learner = setup.learner.build()  # for a learner that takes the outer step itself (Algorithm.outer_update)
-        self.own_step = type(self.learner).outer_update is not Algorithm.outer_update
+        # a learner that takes the outer step itself (Algorithm.outer_update) is a driver_step one: only it is built here
+        self.learner = setup.learner.build() if setup.learner.algorithm.driver_step else None
+        self.own_step = self.learner is not None and type(self.learner).outer_update is not Algorithm.outer_update
         self.pool = WorkerPool(worker_cls or MetaWorker, setup, cluster, splits, layout, scheduling)
 
     @property
