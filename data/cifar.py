@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from data.files import ArchiveBudget, folder_file, tar_member
-from data.published import CIFAR_STATS, PUBLISHED, check_classes, class_lists, keys_of, load_pickle, register_colour_set
+from data.pickled import load_pickle
+from data.published import CIFAR_STATS, PUBLISHED, check_classes, class_lists, keys_of, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
 from data.stream import Pixels

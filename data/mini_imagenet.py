@@ -9,7 +9,8 @@ import csv
 from pathlib import Path
 
 from data.files import inside
-from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, keys_of, load_pickle, register_colour_set
+from data.pickled import load_pickle
+from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, keys_of, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
 from data.stream import Encoded, Pixels

@@ -6,10 +6,8 @@ are not the published lists' is refused, naming the file.
 """
 
 import json
-import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -48,34 +46,6 @@ def check_classes(found: Iterable[str], expected: list[str], where: str, split: 
 def colour(pixels: np.ndarray, size: int) -> np.ndarray:
     """An RGB image array (H, W, 3 uint8) as the cache keeps it (``stored``)."""
     return stored(Image.fromarray(pixels), size, colour=True)
-
-
-class ArraysOnly(pickle.Unpickler):
-    """Unpickles dicts, lists, strings, numbers and numpy arrays, and refuses anything else: a pickle can run code."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing {module}.{name}: only arrays, lists and dicts are read")
-        return super().find_class(module, name)
-
-
-def load_pickle(stream: BinaryIO, where: str, encoding: str = "latin1"):
-    """A pickle's content read from ``stream`` (a file is read as it is unpickled, never whole into memory first;
-    Python 2 pickles too: their strings as ``encoding``), or a one-line error naming ``where``."""
-    try:
-        return ArraysOnly(stream, encoding=encoding).load()
-    except Exception as e:  # truncated, not a pickle, or refused
-        raise DataError(f"{where}: not a readable pickle of arrays ({type(e).__name__}: {e})") from None
 
 
 def keys_of(content, expected: tuple, where: str) -> None:

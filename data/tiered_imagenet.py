@@ -2,9 +2,9 @@
 
 Read from a local copy of the files it is shared as: for each split, ``<split>_images_png.pkl`` (a list of PNG-encoded
 images) and ``<split>_labels.pkl`` (``label_specific``: each image's class index, ``label_specific_str``: the class
-names). Each images pickle is read once, as it is unpickled, and its PNGs are kept encoded (the rows of a split carry
-their bytes); they are decoded in batches as the split is written, over the cluster's CPUs from 20,000 images on:
-about 780,000 images, so preparing takes a while, once.
+names). Each images pickle is walked once for where each PNG's bytes lie in it (``data.pickled.byte_spans``), so
+reading it holds offsets, not images; the PNGs are read from the pickle and decoded where their batch is, over the
+cluster's CPUs from 20,000 images on: about 780,000 images, so preparing takes a while, once.
 """
 
 from pathlib import Path
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from data.files import inside
-from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, keys_of, load_pickle, register_colour_set
+from data.pickled import byte_spans, load_pickle
+from data.published import MINI_IMAGENET_STATS, PUBLISHED, check_classes, class_lists, keys_of, register_colour_set
 from data.registry import Classes, DataConfig
 from data.sources import DataError
 from data.stream import Encoded
@@ -33,16 +34,15 @@ def read(path: Path, data: DataConfig) -> Classes:
         keys_of(labels, ("label_specific", "label_specific_str"), str(labels_file))
         names, index = list(labels["label_specific_str"]), np.asarray(labels["label_specific"])
         with open(inside(path, images_file), "rb") as stream:
-            images = load_pickle(stream, str(images_file))
+            images = byte_spans(stream, str(images_file))
         if len(images) != len(index):
             raise DataError(f"{images_file}: {len(images)} images but {labels_file.name} labels {len(index)}")
         if len(index) and not (0 <= index.min() and index.max() < len(names)):
             raise DataError(f"{labels_file}: label_specific indexes beyond label_specific_str's {len(names)} names")
         check_classes({names[i] for i in index}, lists[split], str(labels_file), split)
-        images = list(images)
-        for row, label in enumerate(index):
-            png, images[row] = images[row], None  # its bytes move into the row: the pickle's objects are not kept beside them
-            image = Encoded(str(images_file), f"image {row}", data.image_size, colour=True, raw=bytes(png))
+        for row, (label, png) in enumerate(zip(index, images, strict=True)):
+            where = {"raw": png} if isinstance(png, bytes) else {"span": png}  # read from the file, unless held as text
+            image = Encoded(str(images_file), f"image {row}", data.image_size, colour=True, **where)
             classes.setdefault((split, names[label]), []).append(image)
     return classes
 

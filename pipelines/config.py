@@ -441,7 +441,7 @@ def from_dict(config: dict) -> Config:
     register = RegisterConfig(**config["register"])
     check_register(register, algorithm, evaluation, dataset)
     published = PublishedConfig(**config["published"])
-    check_published(published, dataset, algorithm, evaluation)
+    check_published(published, dataset)
     whole = Config(
         config["seed"], config["experiment"], config["run_name"], data_config, TaskShape(**config["task"]), model, algorithm, train, evaluation, cluster, register,
         SweepConfig(**config["sweep"]), published,
@@ -468,10 +468,11 @@ def check_selection(config: Config) -> None:
         )
 
 
-def check_published(published: PublishedConfig, dataset: DatasetSpec, algorithm: AlgorithmConfig, evaluation: EvalConfig) -> None:
+def check_published(published: PublishedConfig, dataset: DatasetSpec) -> None:
     """A published figure is a test accuracy with its source and the protocol it was measured at: its test-time
-    adaptation steps, which the evaluation must take so that ours exists at that protocol, and its task count
-    (null where the source states none, and then nothing is compared with it)."""
+    adaptation steps (classes learned, for a lifelong learner) and its task count (null where the source states
+    none). ``compare`` puts ours beside it only where the run was evaluated at that protocol, and otherwise says so:
+    a run may evaluate less (a quick look at 10 and 50 classes of a config whose figure is at 600)."""
     if published.acc is None:
         for key in ("ci95", "source", "steps", "tasks"):
             if getattr(published, key) is not None:
@@ -483,12 +484,6 @@ def check_published(published: PublishedConfig, dataset: DatasetSpec, algorithm:
         raise ConfigError(f"config key 'published.acc': an accuracy, and {dataset.name} tasks report only losses")
     if published.steps is None:
         raise ConfigError("config key 'published.steps': required with published.acc: the test-time adaptation steps it was measured after")
-    evaluated = {0, algorithm.inner_steps, *evaluation.steps}
-    if published.steps not in evaluated:
-        raise ConfigError(
-            f"config key 'published.steps': {published.steps} adaptation steps are not evaluated "
-            f"(eval.steps {list(evaluation.steps)}, algorithm.inner_steps {algorithm.inner_steps}); add {published.steps} to eval.steps"
-        )
 
 
 def check_register(register: RegisterConfig, algorithm: AlgorithmConfig, evaluation: EvalConfig, dataset: DatasetSpec) -> None:

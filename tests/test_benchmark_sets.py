@@ -18,7 +18,16 @@ from pipelines.build import prepared, task_source
 from pipelines.config import ConfigError, load
 from pipelines.pipeline import run
 from pipelines.serving import request
-from tests.benchmark_data import FORMATS, PER_CLASS, cifar100_archive, cub_archive, mini_imagenet_folder, mini_imagenet_pickles, tiered_imagenet
+from tests.benchmark_data import (
+    FORMATS,
+    PER_CLASS,
+    cifar100_archive,
+    cub_archive,
+    mini_imagenet_folder,
+    mini_imagenet_pickles,
+    tar_gz,
+    tiered_imagenet,
+)
 
 SIZE = 16  # a small image side (conv4 pools it 4 times) keeps these fast; the shipped configs use 84 (32 for CIFAR)
 
@@ -182,3 +191,28 @@ def test_a_paper_config_needs_a_copy_of_a_set_without_a_download():
     assert load("papers/maml_cifar_fs_1shot").data.source == "cifar-100-python"  # an official download
     with pytest.raises(ConfigError, match=r"^config key 'data.val_size': cifar_fs keeps its published train/val/test split"):
         load("papers/maml_cifar_fs_1shot", ["data.val_size=0.2"])
+
+
+def test_cubs_archive_is_unpacked_once_and_prepares_as_its_folder_does(tmp_path):
+    archive = cub_archive(tmp_path / "copy")
+    folder = tmp_path / "unpacked"
+    shutil.unpack_archive(archive, folder)
+    fields = ["data.name=cub", f"data.image_size={SIZE}", f"data.cache_dir={tmp_path / 'cache'}", "task.shots=1", "task.queries=1"]
+    from_archive, from_folder = (prepared(load(None, [*fields, f"data.source={source}"])) for source in (archive, folder))
+    for split in ("train", "val", "test"):
+        assert (from_archive / f"{split}.npy").read_bytes() == (from_folder / f"{split}.npy").read_bytes()
+    # its images were unpacked, member by member, into the download cache, where its next preparation reads them
+    (unpacked,) = (tmp_path / "cache" / "downloads").glob("CUB_200_2011.tgz.unpacked-*")
+    assert len(list(unpacked.glob("images/*/*.jpg"))) == 200 * PER_CLASS
+    stamp = unpacked.stat().st_mtime_ns
+    prepared(load(None, [*fields, f"data.source={archive}", "data.image_size=8"]))
+    assert unpacked.stat().st_mtime_ns == stamp and len(list((tmp_path / "cache" / "downloads").iterdir())) == 1
+
+
+def test_an_archive_member_that_climbs_out_of_its_class_folder_is_refused_and_nothing_is_left(tmp_path):
+    (tmp_path / "copy").mkdir()
+    archive = tar_gz(tmp_path / "copy" / "CUB_200_2011.tgz", {"CUB_200_2011/images/001.Bird/a.jpg": b"x", "CUB_200_2011/images/../b.jpg": b"x"})
+    cfg = load(None, ["data.name=cub", f"data.source={archive}", f"data.cache_dir={tmp_path / 'cache'}", "task.shots=1", "task.queries=1"])
+    with pytest.raises(data.DataError, match=r"^\S+CUB_200_2011\.tgz: CUB_200_2011/images/\.\./b\.jpg: a member name with '\.' or '\.\.' "):
+        prepared(cfg)
+    assert not list((tmp_path / "cache" / "downloads").iterdir())

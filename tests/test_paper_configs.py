@@ -157,17 +157,15 @@ def test_a_run_without_a_published_figure_has_no_comparison():
     [
         (["published.steps=10"], r"^config key 'published.steps': describes published.acc, which is null$"),
         (["published.acc=0.5", "published.source=P"], r"^config key 'published.steps': required with published.acc"),
-        (
-            ["published.acc=0.5", "published.source=P", "published.steps=10", "eval.steps=[1, 3]", "algorithm.inner_steps=1"],
-            r"^config key 'published.steps': 10 adaptation steps are not evaluated \(eval.steps \[1, 3\], algorithm.inner_steps 1\)",
-        ),
         (["published.acc=0.5", "published.source=P", "published.steps=1", "published.tasks=0"], r"^config key 'published.tasks': expected"),
     ],
 )
-def test_a_published_figure_names_a_protocol_the_evaluation_takes(overrides, error):
+def test_a_published_figure_names_its_protocol(overrides, error):
     with pytest.raises(ConfigError, match=error):
         load("omniglot", overrides)
     assert load("omniglot", ["published.acc=0.5", "published.source=P", "published.steps=0"]).published.tasks is None
+    # a run may evaluate less than the figure's protocol (compare then says ours is not evaluated there)
+    assert load("omniglot", ["published.acc=0.5", "published.source=P", "published.steps=10", "eval.steps=[1, 3]"]).published.steps == 10
 
 
 def test_a_paper_configs_figure_and_its_protocol_reach_the_columns_compare_reads(tracking, tmp_path):
@@ -217,13 +215,15 @@ def test_each_meta_rl_config_takes_every_hyperparameter_its_source_states(name):
     assert {k: ours[k] for k in RL_PAPERS[name]} == RL_PAPERS[name]
 
 
-# The lifelong configs' published figures, from each source (not from the YAML files). None is transcribed: the
-# authors' repositories give none as a number (khurramjaved96/mrcl's README plots OML's curves only; uvm-neurobotics-
-# lab/ANML's README states no accuracy), and the one number their lab published for ANML (uvm-neurobotics-lab/
-# higherANML's README: 0.65 after 600 classes) comes from another training protocol (30,000 steps, outer rate 0.003).
-LIFELONG_PUBLISHED = {"oml": None, "anml": None}
+# The lifelong configs' published figures, from each source (not from the YAML files): the authors publish none as a
+# number (khurramjaved96/mrcl's README plots OML's curves; uvm-neurobotics-lab/ANML's states none), and Numenta's
+# replication (numenta/nupic.research, projects/meta_cl/experiments/{oml,anml}_replicate.py) ran the authors' code for
+# 20,000 steps, as the shipped configs train, and reports held-out accuracy after 600 classes: OML 0.55, ANML 0.64.
+LIFELONG_PUBLISHED = {"oml": (0.55, 600, 20000), "anml": (0.64, 600, 20000)}
 
 
 @pytest.mark.parametrize("name", sorted(LIFELONG_PUBLISHED))
-def test_each_lifelong_config_holds_its_sources_figure(name):
-    assert load(name).published.acc == LIFELONG_PUBLISHED[name]
+def test_each_lifelong_config_holds_its_sources_figure_at_its_protocol(name):
+    cfg = load(name)
+    assert (cfg.published.acc, cfg.published.steps, cfg.train.steps) == LIFELONG_PUBLISHED[name]
+    assert cfg.published.steps in cfg.eval.steps and cfg.published.tasks is None  # ours is evaluated after as many classes
