@@ -73,6 +73,7 @@ def cluster(tmp_path):
         version = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
         wait_for(lambda: urllib.request.urlopen(version, timeout=2), 90)
         start(f"--address=127.0.0.1:{gcs}", '--resources={"side": 1}', name="side")
+        wait_for(lambda: node_started(tmp_path / "side.log"), 90)  # a job submitted before the node joins sees one node
         yield url, env
     finally:
         for process, _ in started:  # only what this test started: each node's own process group
@@ -92,6 +93,12 @@ def with_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def node_started(log: Path) -> None:
+    """Raise until ``ray start`` has logged that its node runs."""
+    if "Ray runtime started." not in log.read_text():
+        raise OSError(f"{log.name}: the node has not started yet")
 
 
 def wait_for(probe, timeout_s: float):
