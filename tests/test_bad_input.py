@@ -30,7 +30,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import types
 
 import mlflow
@@ -53,7 +52,7 @@ from pipelines.pipeline import resume, run
 from pipelines.stages.register import register_stage
 from tests.conftest import ROOT
 from tests.test_pipeline import child_runs
-from tests.test_resume import checkpoint_step, cli, pipeline_runs
+from tests.test_resume import checkpoint_step, cli, pipeline_runs, signal_held, start_killable_run
 
 TINY = ["train.steps=2", "train.meta_batch=2", "eval.tasks=4", "eval.steps=[1]", "train.compile=false", "cluster.workers=1"]
 
@@ -183,7 +182,7 @@ def test_a_run_whose_owner_died_resumes_in_its_experiment_even_after_a_rename(ra
 
 
 LONG = [
-    "train.steps=3000",  # several times what a busy machine's test loop takes to see a checkpoint: the run is signalled mid-run
+    "train.steps=1000",
     "train.meta_batch=2",
     "train.checkpoint_every=10",
     "eval.tasks=4",
@@ -197,25 +196,19 @@ LONG = [
 def test_a_second_run_of_a_running_config_is_refused_and_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    driver = cli("run", "sinusoid", *sets(*LONG), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    while checkpoint_step(tmp_path / "checkpoints") < 10:
-        assert driver.poll() is None, driver.communicate()[0].decode()[-2000:]
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGSTOP)  # held mid-run, however long the second run takes to be refused on a busy machine
-    mlflow.set_tracking_uri(uri)
+    driver = start_killable_run(tmp_path, 10, ["run", "sinusoid", *sets(*LONG)])  # held mid-run, however slow the refusal below
     [parent] = pipeline_runs()
     capsys.readouterr()
     assert main(["run", "sinusoid", *sets(*LONG), "--tracking-uri", uri]) == 2  # the same config, while the first trains
     assert f"pipeline run {parent.info.run_id} is running in process {driver.pid}" in one_line_error(capsys)
 
-    driver.send_signal(signal.SIGTERM)  # delivered as it continues
-    driver.send_signal(signal.SIGCONT)
+    signal_held(driver, signal.SIGTERM)
     out = driver.communicate(timeout=120)[0].decode()
     assert driver.returncode == 130, out[-2000:]
     assert out.strip().splitlines()[-1] == "interrupted: checkpoint written, runs marked KILLED"
     [train_run] = [r for r in child_runs(parent.info.run_id) if r.data.tags["stage"] == "train"]
     assert mlflow.get_run(parent.info.run_id).info.status == "KILLED" and train_run.info.status == "KILLED"
-    assert 10 <= checkpoint_step(tmp_path / "checkpoints") < 3000
+    assert 10 <= checkpoint_step(tmp_path / "checkpoints") < 1000
 
     resumed = cli("resume", parent.info.run_id, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = resumed.communicate(timeout=300)[0].decode()
@@ -223,7 +216,7 @@ def test_a_second_run_of_a_running_config_is_refused_and_sigterm_stops_as_ctrl_c
     assert f"continuing pipeline run {parent.info.run_id}" in out
     assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED" and len(pipeline_runs()) == 1
     logged = sorted(m.step for m in MlflowClient().get_metric_history(train_run.info.run_id, "meta_loss"))
-    assert logged == list(range(3000))  # continued from the checkpoint: every step once
+    assert logged == list(range(1000))  # continued from the checkpoint: every step once
 
 
 # -- serving ------------------------------------------------------------------------------------------------------

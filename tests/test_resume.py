@@ -38,17 +38,27 @@ def pipeline_runs():
     return mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pipeline'", output_format="list")
 
 
-def start_killable_run(workdir, steps_before_signal: int):
-    """A CLI run in ``workdir`` stopped (not yet signalled) once it has checkpointed ``steps_before_signal`` steps."""
-    workdir.mkdir()
-    args = ["run", "sinusoid", *[a for c in CONFIG for a in ("--set", c)]]
+def start_killable_run(workdir, steps_before_signal: int, args: list[str] | None = None):
+    """A CLI run in ``workdir``, held (SIGSTOP) once it has checkpointed ``steps_before_signal`` steps. It runs in
+    slices of 50 ms and is held between them while its checkpoint is read, so it cannot run far past them (or end)
+    however slowly this process is scheduled on a busy machine; ``signal_held`` signals it and lets it go on."""
+    workdir.mkdir(exist_ok=True)
+    args = args or ["run", "sinusoid", *[a for c in CONFIG for a in ("--set", c)]]
     driver = cli(*args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while checkpoint_step(workdir / "checkpoints") < steps_before_signal and driver.poll() is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300
+    while checkpoint_step(workdir / "checkpoints") < steps_before_signal:
+        assert driver.poll() is None and time.monotonic() < deadline, "the run ended before it could be signalled"
+        driver.send_signal(signal.SIGCONT)
         time.sleep(0.05)
-    assert driver.poll() is None, "the run ended before it could be signalled"
+        driver.send_signal(signal.SIGSTOP)
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     return driver
+
+
+def signal_held(driver, signum: int) -> None:
+    """``signum`` to a run that ``start_killable_run`` holds, delivered as it goes on."""
+    driver.send_signal(signum)
+    driver.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.slow
@@ -102,7 +112,7 @@ def test_rerun_with_unchanged_config_does_nothing_and_changed_eval_reuses_prepar
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_marks_runs_killed_and_exits_nonzero(tmp_path):
     driver = start_killable_run(tmp_path / "interrupted", 30)
-    driver.send_signal(signal.SIGINT)
+    signal_held(driver, signal.SIGINT)
     out = driver.communicate(timeout=60)[0].decode()
     assert driver.returncode == 130, out[-2000:]
     assert "interrupted" in out.splitlines()[-1]
