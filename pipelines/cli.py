@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     # A sweep's Tune state is saved with every trial checkpoint, which keeps a killed sweep resumable; not a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     signal.signal(signal.SIGTERM, interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # inherited: a non-interactive shell's background job starts so
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # else Ctrl-C, and SIGTERM through it, would do nothing
     try:
         return args.handler(args) or 0
     except (ConfigError, DataError, FileNotFoundError) as e:

@@ -196,7 +196,8 @@ LONG = [
 def test_a_second_run_of_a_running_config_is_refused_and_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    driver = start_killable_run(tmp_path, 10, ["run", "sinusoid", *sets(*LONG)])  # held mid-run, however slow the refusal below
+    # started as a batch script's background job is, with SIGINT ignored: SIGTERM must stop it all the same
+    driver = start_killable_run(tmp_path, 10, ["run", "sinusoid", *sets(*LONG)], ignoring_sigint=True)
     [parent] = pipeline_runs()
     capsys.readouterr()
     assert main(["run", "sinusoid", *sets(*LONG), "--tracking-uri", uri]) == 2  # the same config, while the first trains

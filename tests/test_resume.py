@@ -24,9 +24,14 @@ from tests.test_pipeline import child_runs, trained_params
 CONFIG = ["train.steps=200", "train.meta_batch=4", "train.checkpoint_every=10", "eval.tasks=8", "experiment=resume", "train.compile=false"]
 
 
-def cli(*args, cwd, **kwargs):
+def cli(*args, cwd, ignoring_sigint: bool = False, **kwargs):
+    """The CLI in a process of its own; ``ignoring_sigint``: started with SIGINT ignored, as a non-interactive shell
+    starts a background job (``cmd &`` in a batch script)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines", *args], cwd=cwd, env=env, **kwargs)
+    command = [sys.executable, "-m", "pipelines", *args]
+    if ignoring_sigint:
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    return subprocess.Popen(command, cwd=cwd, env=env, **kwargs)
 
 
 def checkpoint_step(folder) -> int:
@@ -38,19 +43,17 @@ def pipeline_runs():
     return mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pipeline'", output_format="list")
 
 
-def start_killable_run(workdir, steps_before_signal: int, args: list[str] | None = None):
-    """A CLI run in ``workdir``, held (SIGSTOP) once it has checkpointed ``steps_before_signal`` steps. It runs in
-    slices of 50 ms and is held between them while its checkpoint is read, so it cannot run far past them (or end)
-    however slowly this process is scheduled on a busy machine; ``signal_held`` signals it and lets it go on."""
+def start_killable_run(workdir, steps_before_signal: int, args: list[str] | None = None, ignoring_sigint: bool = False):
+    """A CLI run in ``workdir``, held (SIGSTOP) once it has checkpointed ``steps_before_signal`` steps, so that it
+    is still mid-run however long the test takes before it signals it (``signal_held``)."""
     workdir.mkdir(exist_ok=True)
     args = args or ["run", "sinusoid", *[a for c in CONFIG for a in ("--set", c)]]
-    driver = cli(*args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while checkpoint_step(workdir / "checkpoints") < steps_before_signal:
-        assert driver.poll() is None and time.monotonic() < deadline, "the run ended before it could be signalled"
-        driver.send_signal(signal.SIGCONT)
+    driver = cli(*args, cwd=workdir, ignoring_sigint=ignoring_sigint, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while checkpoint_step(workdir / "checkpoints") < steps_before_signal and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-        driver.send_signal(signal.SIGSTOP)
+    driver.send_signal(signal.SIGSTOP)
+    assert driver.poll() is None, "the run ended before it could be signalled"
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     return driver
 
