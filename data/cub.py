@@ -51,11 +51,9 @@ def unpacked(path: Path, data: DataConfig) -> Path:
                     file.write_bytes(tar_member(path, archive, member, IMAGE_BYTES))
         part.rename(target)
     except (tarfile.TarError, EOFError, OSError) as e:
-        shutil.rmtree(part, ignore_errors=True)
         raise DataError(f"{path}: not a readable .tgz, or truncated ({type(e).__name__}: {e})") from None
-    except BaseException:
-        shutil.rmtree(part, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(part, ignore_errors=True)  # whatever stopped it half-way (gone once renamed)
     return target
 
 

@@ -104,17 +104,15 @@ def walk(stream: BinaryIO):
             stack.append([] if name == "EMPTY_LIST" else {})
         elif name == "MARK":
             stack.append(MARK)
-        elif name in ("TUPLE", "LIST", "APPENDS", "SETITEMS", "POP_MARK"):
+        elif name in ("TUPLE", "LIST", "APPENDS", "SETITEMS"):
             at = len(stack) - 1 - stack[::-1].index(MARK)
             items, stack[at:] = stack[at + 1 :], []
-            if name == "TUPLE":
-                stack.append(tuple(items))
-            elif name == "LIST":
-                stack.append(items)
-            elif name == "APPENDS":
+            if name == "APPENDS":
                 stack[-1].extend(items)
             elif name == "SETITEMS":
                 stack[-1].update(zip(items[::2], items[1::2], strict=True))
+            else:
+                stack.append(tuple(items) if name == "TUPLE" else items)
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             n = int(name[-1])
             items, stack[-n:] = tuple(stack[-n:]), []
@@ -122,9 +120,6 @@ def walk(stream: BinaryIO):
         elif name == "APPEND":
             item = stack.pop()
             stack[-1].append(item)
-        elif name == "SETITEM":
-            value, key = stack.pop(), stack.pop()
-            stack[-1][key] = value
         elif name in ("GLOBAL", "STACK_GLOBAL"):
             if name == "GLOBAL":
                 module, _, attribute = arg.partition(" ")
@@ -133,6 +128,9 @@ def walk(stream: BinaryIO):
             if (module, attribute) not in ALLOWED:
                 raise ValueError(f"refusing {module}.{attribute}: only arrays, lists and dicts are read")
             stack.append((module, attribute))
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            stack[-1][key] = value
         elif name == "REDUCE":
             args, function = stack.pop(), stack.pop()
             stack.append(called(function, args))
@@ -148,10 +146,6 @@ def walk(stream: BinaryIO):
             if memo[arg] is DROPPED:
                 raise ValueError(f"memo {arg} refers back to a long string or bytes")
             stack.append(memo[arg])
-        elif name == "POP":
-            stack.pop()
-        elif name == "DUP":
-            stack.append(stack[-1])
         elif name == "STOP":
             return stack.pop()
         elif name not in ("PROTO", "FRAME"):
@@ -163,7 +157,7 @@ def called(function, args) -> Call | bytes:
     """A ``REDUCE``: text encoded back to bytes is done here; arrays and dtypes are kept as calls, their state to come."""
     if function == ENCODE:
         text, encoding = args
-        return text.encode(encoding.small() if isinstance(encoding, Verbatim) else encoding)
+        return text.encode(encoding)
     if function in RECONSTRUCT or function == DTYPE or function in FROMBUFFER:
         return Call(function, args)
     raise ValueError(f"a call of {function}")
