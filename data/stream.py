@@ -3,7 +3,7 @@ resized), then decoded one row group at a time, in this process or over the clus
 order. Rows that name their image's file go to Ray Data. Rows of a pickle (where in it an image's bytes lie) or
 that carry their image's bytes (a table's) are fanned out to Ray tasks as the batches are written, each task
 reading its batch's images from the pickle or getting them with its rows: so those bytes never all sit in the
-object store, and the tasks start decoding at once (1.3x to 1.5x Ray Data's pace on a pickle).
+object store, and the tasks start decoding at once.
 
 Each split becomes ``<split>.parquet`` (the dataset, one row group per batch) and ``<split>.npy`` (the same samples
 as one raw (classes, samples, ...) array, which workers memory-map). A batch is a fixed number of rows, set by the

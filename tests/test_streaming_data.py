@@ -19,6 +19,8 @@ from PIL import Image
 import data
 from benchmarks.stream_data import mini_imagenet_images
 from cluster.worker import deliver
+from data import tiered_imagenet
+from data.pickled import read_span
 from pipelines.build import prepared
 from pipelines.config import load
 from pipelines.session import Session
@@ -132,6 +134,18 @@ def test_a_tiered_imagenet_pickle_prepares_on_one_and_two_cpus_to_the_same_bytes
         assert np.array_equal(arrays[split], tiered_by_hand(tiered, split, 12))
         column = pq.read_table(folders[2] / f"{split}.parquet", columns=["sample"]).column("sample").combine_chunks()
         assert np.array_equal(column.flatten().to_numpy().reshape(arrays[split].shape), arrays[split])
+
+
+def test_tiered_imagenets_rows_hold_where_each_png_lies_in_its_pickle_not_the_png(tiered, tmp_path):
+    """What keeps the driver flat however large the pickles (the memory test's are too small to show it)."""
+    classes = tiered_imagenet.read(tiered, tiered_config(tiered, tmp_path).data)
+    rows = [image for images in classes.values() for image in images]
+    assert rows and all(image.raw is None and image.span is not None for image in rows)
+    path = tiered / "val_images_png.pkl"
+    pngs = pickle.loads(path.read_bytes())
+    with open(path, "rb") as stream:
+        for image in (image for image in rows if image.source == str(path)):
+            assert read_span(stream, image.span, image.where) == pngs[int(image.name.split()[-1])].tobytes()
 
 
 def test_a_data_set_several_times_the_memory_bound_prepares_within_it_in_every_process(large_prepared):
